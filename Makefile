@@ -1,0 +1,43 @@
+# kuberl developer entry points. `make run` and `make test` set up .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRAS := operator,dev
+STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
+comma  := ,
+
+.PHONY: venv run test lint typecheck unit crd clean
+
+# (Re)install whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(STAMP)
+
+# The quickstart. Until the local launcher lands (`kuberl run`), this validates the example jobs.
+run: $(STAMP)
+	@echo "kuberl run (the local launcher) is not built yet: validating the example RLJobs instead."
+	$(BIN)/kuberl validate examples/*.yaml
+
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+# Regenerate the CRD and the API reference from the models.
+crd: $(STAMP)
+	$(BIN)/kuberl crd > crds/rljobs.kuberl.io.yaml
+	$(BIN)/kuberl explain --markdown > docs/api.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

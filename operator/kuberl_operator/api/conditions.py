@@ -1,0 +1,57 @@
+"""Condition types and reasons of RLJob status: the documented vocabulary that operator, CLI and docs share."""
+
+from typing import Final, Literal
+
+# Condition types.
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+SCALING: Final = "Scaling"
+DEGRADED: Final = "Degraded"
+SUSPENDED: Final = "Suspended"
+COMPLETE: Final = "Complete"
+FAILED: Final = "Failed"
+
+ConditionType = Literal["Ready", "Progressing", "Scaling", "Degraded", "Suspended", "Complete", "Failed"]
+
+CONDITION_TYPES: Final[dict[str, str]] = {
+    READY: "All pods of the job are running and ready and training is under way. Its reason is the one-word "
+    "summary that `kubectl get rlj` shows in the Status column.",
+    PROGRESSING: "The job is starting, training or recovering; False once it is Complete, Failed or Suspended.",
+    SCALING: "The rollout pool is being resized toward the demand signal (True while desired != ready).",
+    DEGRADED: "The job runs below its desired shape: a role restarting, rollouts below minReplicas, nodes avoided.",
+    SUSPENDED: "spec.suspend is true: pods are deleted, checkpoints and status kept.",
+    COMPLETE: "The controller reported the last training step. Terminal.",
+    FAILED: "The job cannot go on (invalid spec, restart limit reached). Terminal.",
+}
+
+# Reasons.
+PENDING: Final = "Pending"
+RUNNING: Final = "Running"
+RESTARTING: Final = "Restarting"
+SUSPENDED_BY_USER: Final = "Suspended"
+SUCCEEDED: Final = "Succeeded"
+INVALID_SPEC: Final = "InvalidSpec"
+RESTART_LIMIT_EXCEEDED: Final = "RestartLimitExceeded"
+SCALING_UP: Final = "ScalingUp"
+SCALING_DOWN: Final = "ScalingDown"
+STABLE: Final = "Stable"
+ROLLOUTS_BELOW_MINIMUM: Final = "RolloutsBelowMinimum"
+NODES_AVOIDED: Final = "NodesAvoided"
+HEALTHY: Final = "Healthy"
+
+REASONS: Final[dict[str, str]] = {
+    PENDING: "Pods are being created or are not yet ready.",
+    RUNNING: "Every role is ready and steps advance.",
+    RESTARTING: "A pod, the trainer gang or the controller is being recreated after a failure.",
+    SUSPENDED_BY_USER: "spec.suspend is true.",
+    SUCCEEDED: "All algorithm.steps were trained.",
+    INVALID_SPEC: "The spec failed validation in the operator (for example on a cluster that skipped the CRD's "
+    "CEL rules); the message names the field.",
+    RESTART_LIMIT_EXCEEDED: "More than faultTolerance.maxRestarts restarts.",
+    SCALING_UP: "The rollout pool is growing toward the demand.",
+    SCALING_DOWN: "A rollout pod is being drained before removal.",
+    STABLE: "The rollout pool matches the demand.",
+    ROLLOUTS_BELOW_MINIMUM: "Fewer ready rollout pods than rollout.minReplicas.",
+    NODES_AVOIDED: "Nodes passed faultTolerance.nodeFailureThreshold and are excluded by anti-affinity.",
+    HEALTHY: "Nothing is degraded.",
+}

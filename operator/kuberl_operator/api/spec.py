@@ -1,0 +1,331 @@
+"""RLJob spec models (v1alpha1): the desired state a user writes; the CRD schema is generated from these."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from kuberl_operator.api.rules import ApiModel, Rule
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ClaimName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
+Path = Annotated[str, Field(min_length=1, max_length=4096)]
+PodTemplate = Annotated[
+    dict[str, Any],
+    Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+def _exactly_one(a: str, b: str, where: str) -> Rule:
+    message = f"exactly one of {where}.{a} or {where}.{b} must be set"
+    return Rule(
+        cel=f"has(self.{a}) != has(self.{b})",
+        message=f"'{message}'",
+        field="",
+        check=lambda m: None if (getattr(m, a) is None) != (getattr(m, b) is None) else message,
+    )
+
+
+def _needs(field: str, needed: str) -> Rule:
+    message = f"needs {needed} (the directory or file inside the volume)"
+    return Rule(
+        cel=f"!has(self.{field}) || has(self.{needed})",
+        message=f"'{message}'",
+        field=field,
+        check=lambda m: message if getattr(m, field) is not None and getattr(m, needed) is None else None,
+    )
+
+
+class ModelSpec(ApiModel):
+    """The policy model: Hugging Face-format weights and tokenizer, or a model built locally."""
+
+    path: Path | None = None
+    """Directory with Hugging Face-format weights (safetensors) and tokenizer. With `volume`, relative to the
+    volume's root; without, a path inside the worker image (or on this machine for `kuberl run`)."""
+    volume: ClaimName | None = None
+    """PersistentVolumeClaim holding `path`, mounted read-only into trainer and rollout pods."""
+    builtin: Literal["tiny"] | None = None
+    """A model the workers build locally without a download: `tiny` is a small Llama-architecture model with a
+    byte-level BPE tokenizer, for the quickstart and tests."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight and compute dtype for trainer and engine; `auto` means bfloat16 on GPUs and float32 on CPUs."""
+
+    rules = (_exactly_one("path", "builtin", "model"), _needs("volume", "path"))
+
+
+class DatasetSpec(ApiModel):
+    """Where prompts come from: a JSONL file or a built-in task."""
+
+    path: Path | None = None
+    """JSONL file, one object per line with a prompt and an answer field. With `volume`, relative to its root."""
+    volume: ClaimName | None = None
+    """PersistentVolumeClaim holding `path`, mounted read-only into the controller pod."""
+    builtin: Literal["arithmetic"] | None = None
+    """A task generated locally: `arithmetic` asks for sums and products whose answers vary in length."""
+    promptField: str = Field("prompt", min_length=1, max_length=256)
+    """JSONL key holding the prompt text."""
+    answerField: str = Field("answer", min_length=1, max_length=256)
+    """JSONL key holding the reference answer given to the reward function."""
+
+    rules = (_exactly_one("path", "builtin", "task.dataset"), _needs("volume", "path"))
+
+
+class TaskSpec(ApiModel):
+    """What is learned: prompts, the reward, and how completions are sampled."""
+
+    dataset: DatasetSpec
+    """Source of prompts and reference answers."""
+    reward: Literal["exact_match", "numeric", "format"]
+    """Rule-based reward function from the controller's registry: `exact_match` (answer string equality after
+    trimming), `numeric` (the last number in the completion equals the answer), `format` (numeric plus a small
+    reward for a well-formed answer line)."""
+    promptsPerStep: int = Field(8, ge=1, le=65536)
+    """Prompts per training step (the GRPO batch is promptsPerStep x samplesPerPrompt completions)."""
+    samplesPerPrompt: int = Field(4, ge=2, le=1024)
+    """GRPO group size G: completions sampled per prompt; advantages are normalised within a group."""
+    maxPromptTokens: int = Field(256, ge=1, le=131072)
+    """Longest prompt in tokens; longer prompts are skipped and counted in a metric."""
+    maxNewTokens: int = Field(256, ge=1, le=131072)
+    """Longest completion in tokens; a rollout that reaches it finishes with reason `length`."""
+    temperature: float = Field(1.0, gt=0.0, le=4.0)
+    """Sampling temperature of the rollout engine."""
+
+
+class IcePopSpec(ApiModel):
+    """IcePop: token-level masking of the train/inference probability mismatch k = pi_train / pi_infer."""
+
+    enabled: bool = True
+    """Mask tokens whose k falls outside [alpha, beta]; disabled means plain clipped GRPO (mask == 1)."""
+    alpha: float = Field(0.5, gt=0.0, le=1.0)
+    """Lower bound of the band; tokens with k < alpha contribute no gradient."""
+    beta: float = Field(5.0, ge=1.0, le=1000.0)
+    """Upper bound of the band; tokens with k > beta contribute no gradient."""
+
+    rules = (
+        Rule(
+            cel="self.alpha < self.beta",
+            message="'must be < beta'",
+            field="alpha",
+            check=lambda m: None if m.alpha < m.beta else "must be < beta",
+        ),
+    )
+
+
+class AlgorithmSpec(ApiModel):
+    """The RL objective and optimiser."""
+
+    name: Literal["grpo"] = "grpo"
+    """Policy-gradient algorithm; `grpo` uses group-normalised advantages and no value model."""
+    icepop: IcePopSpec = Field(default_factory=IcePopSpec)
+    """Token-level discrepancy masking."""
+    clipEpsilon: float = Field(0.2, gt=0.0, lt=1.0)
+    """PPO clip range eps: the policy ratio is clipped to [1 - eps, 1 + eps]."""
+    klCoef: float = Field(0.0, ge=0.0, le=10.0)
+    """Coefficient gamma of the KL penalty to the reference policy (0 disables it and the reference model)."""
+    learningRate: float = Field(2e-6, gt=0.0, le=1.0)
+    """AdamW learning rate."""
+    weightDecay: float = Field(0.01, ge=0.0, le=1.0)
+    """AdamW weight decay."""
+    maxGradNorm: float = Field(1.0, gt=0.0, le=1000.0)
+    """Gradient clipping by global norm."""
+    steps: int = Field(100, ge=1, le=10_000_000)
+    """Total training steps; the job is Complete after this many."""
+
+
+class C3POSpec(ApiModel):
+    """C3PO++ budget-controlled rollouts: steps close at a token budget; unfinished rollouts carry over."""
+
+    tokenBudget: int = Field(4096, ge=1, le=1_000_000_000)
+    """Phi: generated tokens of finished rollouts per training step."""
+    retention: int = Field(1, ge=0, le=1000)
+    """sigma: policy versions an unfinished rollout may live through before it is purged; 0 is synchronous."""
+    inferencePoolCapacity: int = Field(64, ge=1, le=1_000_000)
+    """Omega: rollouts in flight at once across the rollout pool."""
+    chunkTokens: int = Field(64, ge=1, le=131072)
+    """New tokens per generation request; budget checks and version switches happen at chunk boundaries."""
+
+
+class TrainerSpec(ApiModel):
+    """The trainer gang: torch.distributed ranks that restart together."""
+
+    replicas: int = Field(1, ge=1, le=4096)
+    """Gang size (world size); immutable, since torch.distributed cannot change it in place."""
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """Data parallelism: `ddp` replicates the model, `fsdp2` shards parameters and optimizer state."""
+    template: PodTemplate | None = None
+    """Pod template (metadata and spec) merged into each trainer pod: image, resources, node selection,
+    tolerations, volumes. kuberl owns the container's command, env and ports."""
+
+    rules = (
+        Rule(
+            cel="self.replicas == oldSelf.replicas",
+            message="'is immutable (' + string(oldSelf.replicas) + ' -> ' + string(self.replicas) + ')'",
+            field="replicas",
+            check=lambda old, new: (
+                None if old.replicas == new.replicas else f"is immutable ({old.replicas} -> {new.replicas})"
+            ),
+            transition=True,
+        ),
+    )
+
+
+class RolloutSpec(ApiModel):
+    """The elastic rollout pool: vLLM engines scaled to fill the token budget within targetStepSeconds."""
+
+    minReplicas: int = Field(1, ge=1, le=4096)
+    """Fewest rollout pods."""
+    maxReplicas: int = Field(1, ge=1, le=4096)
+    """Most rollout pods."""
+    replicas: int | None = Field(None, ge=1, le=4096)
+    """Pins the pool size (set by `kubectl scale rlj NAME --replicas N`); unset lets kuberl scale on demand."""
+    targetStepSeconds: float = Field(60.0, gt=0.0, le=86400.0)
+    """Rollout phase duration to aim for: the pool grows until the budget fills within this time."""
+    scaleDownDelaySeconds: int = Field(60, ge=0, le=86400)
+    """Demand must stay below the pool size this long before pods are drained and removed."""
+    engine: Literal["vllm"] = "vllm"
+    """Inference engine."""
+    tensorParallelSize: int = Field(1, ge=1, le=64)
+    """GPUs per engine (vLLM tensor parallelism)."""
+    gpuMemoryUtilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Fraction of GPU memory vLLM may use."""
+    template: PodTemplate | None = None
+    """Pod template merged into each rollout pod; kuberl owns the container's command, env and ports."""
+
+    rules = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="'must be <= maxReplicas (' + string(self.minReplicas) + ' > ' + string(self.maxReplicas) + ')'",
+            field="minReplicas",
+            check=lambda m: (
+                None if m.minReplicas <= m.maxReplicas else f"must be <= maxReplicas ({m.minReplicas} > {m.maxReplicas})"
+            ),
+        ),
+        Rule(
+            cel="!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)",
+            message="'must be within [minReplicas, maxReplicas] = [' + string(self.minReplicas) + ', '"
+            " + string(self.maxReplicas) + '] (got ' + string(self.replicas) + ')'",
+            field="replicas",
+            check=lambda m: (
+                None
+                if m.replicas is None or m.minReplicas <= m.replicas <= m.maxReplicas
+                else f"must be within [minReplicas, maxReplicas] = [{m.minReplicas}, {m.maxReplicas}] (got {m.replicas})"
+            ),
+        ),
+    )
+
+
+class ControllerSpec(ApiModel):
+    """The single controller pod that owns data and control flow."""
+
+    template: PodTemplate | None = None
+    """Pod template merged into the controller pod; kuberl owns the container's command, env and ports."""
+
+
+class FaultToleranceSpec(ApiModel):
+    """How faults are survived: restarts, backoff, work leases, bad-node avoidance."""
+
+    maxRestarts: int = Field(10, ge=0, le=100000)
+    """Restarts of any kind (pod, gang, controller) after which the job is Failed."""
+    restartBackoffSeconds: int = Field(10, ge=0, le=3600)
+    """First delay before recreating a failed pod; doubles per consecutive failure up to maxRestartBackoffSeconds."""
+    maxRestartBackoffSeconds: int = Field(300, ge=0, le=86400)
+    """Cap of the exponential restart backoff."""
+    leaseSeconds: int = Field(120, ge=1, le=86400)
+    """A leased unit of work returns to the queue if not completed within this time."""
+    heartbeatSeconds: int = Field(5, ge=1, le=3600)
+    """Workers heartbeat this often; three missed heartbeats declare a worker dead and requeue its leases."""
+    nodeFailureThreshold: int = Field(3, ge=1, le=1000)
+    """Pod failures on one node after which the job's new pods avoid that node."""
+
+    rules = (
+        Rule(
+            cel="self.heartbeatSeconds < self.leaseSeconds",
+            message="'must be < leaseSeconds (' + string(self.heartbeatSeconds) + ' >= ' + string(self.leaseSeconds) + ')'",
+            field="heartbeatSeconds",
+            check=lambda m: (
+                None
+                if m.heartbeatSeconds < m.leaseSeconds
+                else f"must be < leaseSeconds ({m.heartbeatSeconds} >= {m.leaseSeconds})"
+            ),
+        ),
+        Rule(
+            cel="self.restartBackoffSeconds <= self.maxRestartBackoffSeconds",
+            message="'must be <= maxRestartBackoffSeconds (' + string(self.restartBackoffSeconds) + ' > '"
+            " + string(self.maxRestartBackoffSeconds) + ')'",
+            field="restartBackoffSeconds",
+            check=lambda m: (
+                None
+                if m.restartBackoffSeconds <= m.maxRestartBackoffSeconds
+                else f"must be <= maxRestartBackoffSeconds ({m.restartBackoffSeconds} > {m.maxRestartBackoffSeconds})"
+            ),
+        ),
+    )
+
+
+class CheckpointSpec(ApiModel):
+    """Trainer and controller checkpoints."""
+
+    volume: ClaimName | None = None
+    """PersistentVolumeClaim for checkpoints and published weights. Unset means an emptyDir, which does not
+    survive the loss of a pod: a gang or controller restart then starts over from step 0."""
+    everySteps: int = Field(10, ge=1, le=1_000_000)
+    """Checkpoint interval in training steps."""
+    keep: int = Field(3, ge=1, le=1000)
+    """Newest checkpoints kept; older ones are deleted after a new one is written."""
+
+
+class RLJobSpec(ApiModel):
+    """Desired state of an RL post-training job."""
+
+    model: ModelSpec
+    """The policy model."""
+    task: TaskSpec
+    """Prompts, reward and sampling."""
+    algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    """Objective and optimiser."""
+    c3po: C3POSpec = Field(default_factory=C3POSpec)
+    """Budget-controlled rollout scheduling."""
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    """The trainer gang."""
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """The elastic rollout pool."""
+    controller: ControllerSpec = Field(default_factory=ControllerSpec)
+    """The controller pod."""
+    faultTolerance: FaultToleranceSpec = Field(default_factory=FaultToleranceSpec)
+    """Restart and lease policy."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpointing."""
+    image: str | None = Field(None, min_length=1, max_length=1024)
+    """Worker image for all roles; unset uses the operator's configured worker image. A role's template can
+    still override its container image."""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    """Seed for data order, sampling and initialisation: the same seed gives the same schedule."""
+    suspend: bool = False
+    """Delete the job's pods but keep checkpoints and status; setting it back to false resumes."""
+
+    rules = (
+        Rule(
+            cel="self.c3po.chunkTokens <= self.task.maxNewTokens",
+            message="'must be <= task.maxNewTokens (' + string(self.c3po.chunkTokens) + ' > '"
+            " + string(self.task.maxNewTokens) + ')'",
+            field="c3po.chunkTokens",
+            check=lambda m: (
+                None
+                if m.c3po.chunkTokens <= m.task.maxNewTokens
+                else f"must be <= task.maxNewTokens ({m.c3po.chunkTokens} > {m.task.maxNewTokens})"
+            ),
+        ),
+        Rule(
+            cel="self.c3po.inferencePoolCapacity >= self.task.samplesPerPrompt",
+            message="'must be >= task.samplesPerPrompt so a whole GRPO group fits ('"
+            " + string(self.c3po.inferencePoolCapacity) + ' < ' + string(self.task.samplesPerPrompt) + ')'",
+            field="c3po.inferencePoolCapacity",
+            check=lambda m: (
+                None
+                if m.c3po.inferencePoolCapacity >= m.task.samplesPerPrompt
+                else "must be >= task.samplesPerPrompt so a whole GRPO group fits "
+                f"({m.c3po.inferencePoolCapacity} < {m.task.samplesPerPrompt})"
+            ),
+        ),
+    )

@@ -1,0 +1,120 @@
+"""Validate RLJob documents and report every problem with its field path (`kuberl validate`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.api.rules import RULE_ERROR, rule_problems, transition_problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a document, at a field path such as `spec.rollout.minReplicas`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def _join(loc: Iterable[Any]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def problems_of(error: ValidationError, rules: bool = True) -> list[Problem]:
+    """Flatten a pydantic error into field-path problems, expanding kuberl's cross-field rules (or leaving
+    them out with `rules=False`)."""
+    out: list[Problem] = []
+    for err in error.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == RULE_ERROR and not rules:
+            continue
+        if err["type"] == RULE_ERROR:
+            for field, message in err["ctx"]["problems"]:
+                out.append(Problem(_join(loc + tuple(field.split("."))) if field else _join(loc), message))
+        elif err["type"] == "extra_forbidden":
+            out.append(Problem(_join(loc), "unknown field"))
+        elif err["type"] == "missing":
+            out.append(Problem(_join(loc), "required field is missing"))
+        else:
+            message = err["msg"][0].lower() + err["msg"][1:]
+            out.append(Problem(_join(loc), f"{message} (got {_show(err['input'])})"))
+    return out
+
+
+def validate_document(doc: Any) -> list[Problem]:
+    """Problems of one parsed RLJob document; empty when it is valid."""
+    if not isinstance(doc, dict):
+        return [Problem("", f"expected an RLJob mapping, got {type(doc).__name__}")]
+    try:
+        RLJob.model_validate(doc)
+    except ValidationError as error:
+        # pydantic skips a parent's rules once a child failed; evaluate every rule over the raw document instead
+        ruled = [Problem(path, message) for path, message in rule_problems(RLJob, doc)]
+        return problems_of(error, rules=False) + ruled
+    return []
+
+
+def validate_update(old: RLJob, new: RLJob) -> list[Problem]:
+    """Problems of changing `old` into `new` (immutable fields), as the CRD's transition rules check them."""
+    return [Problem(path, message) for path, message in transition_problems(old.spec, new.spec)]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `2e-6` as a float, as kubectl's YAML parser does (PyYAML wants `2.0e-6`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_documents(path: Path) -> list[Any]:
+    """The YAML documents of a file, empty ones dropped."""
+    with path.open(encoding="utf-8") as handle:
+        return [doc for doc in yaml.load_all(handle, Loader=_Loader) if doc is not None]
+
+
+def validate_file(path: Path) -> list[Problem]:
+    """Problems of every document in a YAML file; document index in the path when there are several."""
+    try:
+        docs = load_documents(path)
+    except (OSError, yaml.YAMLError) as error:
+        return [Problem("", f"cannot read: {error}".replace("\n", " "))]
+    if not docs:
+        return [Problem("", "no YAML documents")]
+    out: list[Problem] = []
+    for index, doc in enumerate(docs):
+        prefix = f"[{index}]." if len(docs) > 1 else ""
+        out += [Problem(prefix + p.path if p.path else prefix.rstrip("."), p.message) for p in validate_document(doc)]
+    return out
+
+
+def load_rljob(path: Path) -> RLJob:
+    """The single RLJob in a file; ValueError listing every problem otherwise."""
+    problems = validate_file(path)
+    if problems:
+        raise ValueError("\n".join(f"{path}: {p}" for p in problems))
+    docs = load_documents(path)
+    if len(docs) != 1:
+        raise ValueError(f"{path}: expected one RLJob document, found {len(docs)}")
+    return RLJob.model_validate(docs[0])

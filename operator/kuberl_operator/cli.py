@@ -1,0 +1,74 @@
+"""The `kuberl` command line: crd, validate, explain (later: run, operator)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from kuberl_operator.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kuberl_operator.api.validate import validate_file
+
+    failed = False
+    for name in args.files:
+        problems = validate_file(Path(name))
+        for problem in problems:
+            print(f"{name}: {problem}", file=sys.stderr)
+        if problems:
+            failed = True
+        elif not args.quiet:
+            print(f"{name}: valid")
+    return 1 if failed else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from kuberl_operator.api.explain import api_markdown, explain
+
+    if args.markdown:
+        sys.stdout.write(api_markdown())
+        return 0
+    try:
+        sys.stdout.write(explain(args.field or "", recursive=args.recursive))
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="kuberl", description="Kubernetes-native elastic RL for LLM post-training.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crd = sub.add_parser("crd", help="print the RLJob CustomResourceDefinition")
+    crd.set_defaults(func=_crd)
+
+    validate = sub.add_parser("validate", help="check RLJob YAML files; print each problem with its field path")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    validate.set_defaults(func=_validate)
+
+    explain = sub.add_parser("explain", help="document an RLJob field, like `kubectl explain`")
+    explain.add_argument("field", nargs="?", help="dotted path, e.g. spec.c3po.tokenBudget")
+    explain.add_argument("--recursive", action="store_true", help="list nested fields")
+    explain.add_argument("--markdown", action="store_true", help="print the whole API reference as Markdown")
+    explain.set_defaults(func=_explain)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

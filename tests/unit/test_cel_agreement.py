@@ -1,0 +1,185 @@
+"""pydantic and the CRD (OpenAPI schema + CEL, evaluated as the API server would) agree on what is valid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.schema_server import admit, apply_defaults, cel_problems, openapi_errors, unknown_fields
+from support.specs import DELETE, minimal_job, set_path
+
+from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.api.validate import validate_document, validate_update
+
+# (id, mutations, field paths both must report). Each case breaks exactly one thing.
+INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
+    ("prompts-zero", {"spec.task.promptsPerStep": 0}, {"spec.task.promptsPerStep"}),
+    ("group-of-one", {"spec.task.samplesPerPrompt": 1}, {"spec.task.samplesPerPrompt"}),
+    ("temperature-zero", {"spec.task.temperature": 0}, {"spec.task.temperature"}),
+    ("unknown-reward", {"spec.task.reward": "bleu"}, {"spec.task.reward"}),
+    ("bad-dtype", {"spec.model.dtype": "int8"}, {"spec.model.dtype"}),
+    ("clip-one", {"spec.algorithm.clipEpsilon": 1.0}, {"spec.algorithm.clipEpsilon"}),
+    ("not-grpo", {"spec.algorithm.name": "ppo"}, {"spec.algorithm.name"}),
+    ("negative-budget", {"spec.c3po.tokenBudget": -5}, {"spec.c3po.tokenBudget"}),
+    ("replicas-string", {"spec.trainer.replicas": "2"}, {"spec.trainer.replicas"}),
+    ("too-many-rollouts", {"spec.rollout.maxReplicas": 5000}, {"spec.rollout.maxReplicas"}),
+    ("suspend-string", {"spec.suspend": "yes"}, {"spec.suspend"}),
+    ("unknown-field", {"spec.rollout.autoscale": True}, {"spec.rollout.autoscale"}),
+    ("bad-claim-name", {"spec.model": {"volume": "Bad_Claim", "path": "m"}}, {"spec.model.volume"}),
+    ("missing-task", {"spec.task": DELETE}, {"spec.task"}),
+    # a bound is no blocking error: the API server still runs CEL, and the heartbeat rule fails too
+    ("lease-zero", {"spec.faultTolerance.leaseSeconds": 0},
+     {"spec.faultTolerance.leaseSeconds", "spec.faultTolerance.heartbeatSeconds"}),
+    ("alpha-zero", {"spec.algorithm.icepop.alpha": 0}, {"spec.algorithm.icepop.alpha"}),
+    ("bad-strategy", {"spec.trainer.strategy": "zero3"}, {"spec.trainer.strategy"}),
+    ("lr-string", {"spec.algorithm.learningRate": "fast"}, {"spec.algorithm.learningRate"}),
+    ("retention-negative", {"spec.c3po.retention": -1}, {"spec.c3po.retention"}),
+    ("keep-zero", {"spec.checkpoint.keep": 0}, {"spec.checkpoint.keep"}),
+    # cross-field rules (CEL x-kubernetes-validations)
+    ("min-above-max", {"spec.rollout": {"minReplicas": 4, "maxReplicas": 2}}, {"spec.rollout.minReplicas"}),
+    ("pin-above-max", {"spec.rollout": {"maxReplicas": 3, "replicas": 5}}, {"spec.rollout.replicas"}),
+    ("pin-below-min", {"spec.rollout": {"minReplicas": 2, "maxReplicas": 3, "replicas": 1}}, {"spec.rollout.replicas"}),
+    ("alpha-not-below-beta", {"spec.algorithm.icepop": {"alpha": 1.0, "beta": 1.0}}, {"spec.algorithm.icepop.alpha"}),
+    ("chunk-above-max-tokens", {"spec.c3po.chunkTokens": 512}, {"spec.c3po.chunkTokens"}),
+    ("pool-below-group", {"spec.c3po.inferencePoolCapacity": 2}, {"spec.c3po.inferencePoolCapacity"}),
+    ("model-path-and-builtin", {"spec.model.path": "/models/x"}, {"spec.model"}),
+    ("model-neither", {"spec.model": {"dtype": "float32"}}, {"spec.model"}),
+    ("dataset-volume-no-path", {"spec.task.dataset.volume": "data"}, {"spec.task.dataset.volume"}),
+    ("heartbeat-not-below-lease", {"spec.faultTolerance": {"heartbeatSeconds": 10, "leaseSeconds": 10}},
+     {"spec.faultTolerance.heartbeatSeconds"}),
+    ("backoff-above-cap", {"spec.faultTolerance": {"restartBackoffSeconds": 100, "maxRestartBackoffSeconds": 50}},
+     {"spec.faultTolerance.restartBackoffSeconds"}),
+    ("name-uppercase", {"metadata.name": "Bad_Name"}, {"metadata.name"}),
+    ("name-too-long", {"metadata.name": "j" * 41}, {"metadata.name"}),
+]
+
+
+def _mutate(mutations: dict[str, Any]) -> dict[str, Any]:
+    doc = minimal_job()
+    for path, value in mutations.items():
+        doc = set_path(doc, path, value)
+    return doc
+
+
+def _server_paths(problems: list[tuple[str, str]]) -> set[str]:
+    # The root rule on metadata.name has no fieldPath (metadata is not in the schema's properties), so the
+    # API server reports it at the root; pydantic reports the field itself.
+    return {path or "metadata.name" for path, _ in problems}
+
+
+def test_at_least_twenty_invalid_cases() -> None:
+    assert len(INVALID) >= 20
+    assert sum(1 for _, m, _ in INVALID if any(isinstance(v, dict) or "rollout" in k for k, v in m.items())) >= 5
+
+
+@pytest.mark.parametrize(("case", "mutations", "paths"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_spec_rejected_by_both(schema: dict[str, Any], case: str, mutations: dict[str, Any],
+                                      paths: set[str]) -> None:
+    doc = _mutate(mutations)
+    ours = validate_document(doc)
+    theirs = admit(doc, schema)
+    assert {p.path for p in ours} == paths, ours
+    assert _server_paths(theirs) == paths, theirs
+
+
+def test_rule_messages_identical(schema: dict[str, Any]) -> None:
+    """Where a CEL rule fails, the API server's messageExpression and pydantic's message are the same text."""
+    compared = 0
+    for _, mutations, _ in INVALID:
+        doc = _mutate(mutations)
+        stored = apply_defaults(doc, schema)
+        if unknown_fields(doc, schema) or openapi_errors(stored, schema):
+            continue  # messages of type and bound errors are each tool's own
+        ours = {(p.path, p.message) for p in validate_document(doc)}
+        theirs = {(path or "metadata.name", message) for path, message in cel_problems(stored, schema)}
+        assert ours == theirs
+        compared += 1
+    assert compared >= 12
+
+
+def test_immutable_trainer_replicas(schema: dict[str, Any]) -> None:
+    old = minimal_job(trainer={"replicas": 2})
+    new = minimal_job(trainer={"replicas": 4})
+    ours = validate_update(RLJob.model_validate(old), RLJob.model_validate(new))
+    theirs = admit(new, schema, old=old)
+    assert [(p.path, p.message) for p in ours] == theirs == [("spec.trainer.replicas", "is immutable (2 -> 4)")]
+    same = minimal_job(trainer={"replicas": 2, "strategy": "fsdp2"})
+    assert validate_update(RLJob.model_validate(old), RLJob.model_validate(same)) == []
+    assert admit(same, schema, old=old) == []
+
+
+# --- property-based: generated specs ------------------------------------------------------------------------
+
+def _valid_specs() -> st.SearchStrategy[dict[str, Any]]:
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        lo = draw(st.integers(1, 64))
+        hi = lo + draw(st.integers(0, 64))
+        pinned = draw(st.one_of(st.none(), st.integers(lo, hi)))
+        max_new = draw(st.integers(1, 131072))
+        group = draw(st.integers(2, 1024))
+        lease = draw(st.integers(2, 86400))
+        backoff_cap = draw(st.integers(0, 86400))
+        alpha = draw(st.floats(0.01, 1.0))
+        rollout: dict[str, Any] = {"minReplicas": lo, "maxReplicas": hi}
+        if pinned is not None:
+            rollout["replicas"] = pinned
+        spec: dict[str, Any] = {
+            "model": draw(st.sampled_from([{"builtin": "tiny"}, {"path": "/m"}, {"volume": "models", "path": "m"}])),
+            "task": {
+                "dataset": draw(st.sampled_from([{"builtin": "arithmetic"}, {"path": "/d.jsonl"}])),
+                "reward": draw(st.sampled_from(["exact_match", "numeric", "format"])),
+                "samplesPerPrompt": group,
+                "maxNewTokens": max_new,
+                "temperature": draw(st.floats(0.05, 4.0)),
+            },
+            "algorithm": {"icepop": {"alpha": alpha, "beta": draw(st.floats(max(1.0, alpha + 0.01), 1000.0))},
+                          "steps": draw(st.integers(1, 10_000_000))},
+            "c3po": {"chunkTokens": draw(st.integers(1, max_new)),
+                     "inferencePoolCapacity": draw(st.integers(group, 1_000_000)),
+                     "retention": draw(st.integers(0, 1000))},
+            "trainer": {"replicas": draw(st.integers(1, 4096)), "strategy": draw(st.sampled_from(["ddp", "fsdp2"]))},
+            "rollout": rollout,
+            "faultTolerance": {"leaseSeconds": lease, "heartbeatSeconds": draw(st.integers(1, min(lease - 1, 3600))),
+                               "maxRestartBackoffSeconds": backoff_cap,
+                               "restartBackoffSeconds": draw(st.integers(0, min(backoff_cap, 3600)))},
+            "suspend": draw(st.booleans()),
+        }
+        return minimal_job(**spec)
+
+    return build()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_valid_specs())
+def test_generated_valid_specs_accepted_by_both(schema: dict[str, Any], doc: dict[str, Any]) -> None:
+    assert validate_document(doc) == []
+    assert admit(doc, schema) == []
+    # and both fill in the same defaults
+    assert RLJob.model_validate(doc).dump()["spec"] == apply_defaults(doc, schema)["spec"]
+
+
+@st.composite
+def _boundary_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """Specs around the cross-field rules' boundaries: valid and invalid ones mixed."""
+    return minimal_job(
+        rollout={"minReplicas": draw(st.integers(1, 5)), "maxReplicas": draw(st.integers(1, 5)),
+                 **({"replicas": draw(st.integers(1, 6))} if draw(st.booleans()) else {})},
+        task={"dataset": {"builtin": "arithmetic"}, "reward": "numeric",
+              "samplesPerPrompt": draw(st.integers(2, 6)), "maxNewTokens": draw(st.integers(1, 8))},
+        c3po={"chunkTokens": draw(st.integers(1, 8)), "inferencePoolCapacity": draw(st.integers(1, 8))},
+        algorithm={"icepop": {"alpha": draw(st.sampled_from([0.5, 1.0])), "beta": draw(st.sampled_from([1.0, 2.0]))}},
+        faultTolerance={"heartbeatSeconds": draw(st.integers(1, 4)), "leaseSeconds": draw(st.integers(1, 4)),
+                        "restartBackoffSeconds": draw(st.integers(0, 3)),
+                        "maxRestartBackoffSeconds": draw(st.integers(0, 3))},
+    )
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_boundary_specs())
+def test_generated_boundary_specs_same_verdict(schema: dict[str, Any], doc: dict[str, Any]) -> None:
+    ours = {(p.path, p.message) for p in validate_document(doc)}
+    theirs = set(admit(doc, schema))
+    assert ours == theirs

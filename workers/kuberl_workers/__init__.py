@@ -1,0 +1,3 @@
+"""kuberl's RL runtime inside pods: controller, rollout (vLLM) and trainer (torch) roles."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,15 @@
+"""Names the workers implement and the RLJob API may refer to: reward functions, built-in models and datasets.
+
+Pure constants: the operator imports this module to validate specs, so it must never import torch or vllm.
+"""
+
+from typing import Final
+
+# Rule-based reward functions of the controller's reward registry.
+REWARD_NAMES: Final = ("exact_match", "numeric", "format")
+# Models the workers can build locally, without a download.
+BUILTIN_MODELS: Final = ("tiny",)
+# Tasks the workers can generate locally, without a download.
+BUILTIN_DATASETS: Final = ("arithmetic",)
+# Rollout engines the rollout worker can run.
+ENGINES: Final = ("vllm",)
