@@ -14,6 +14,8 @@ from typing import Any
 
 import celpy
 import jsonschema
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 Problems = list[tuple[str, str]]
 
@@ -67,8 +69,11 @@ def prune(obj: Any, schema: dict[str, Any]) -> Any:
         return copy.deepcopy(obj)
     if isinstance(obj, dict) and "properties" in schema:
         props = schema["properties"]
-        return {k: prune(v, props[k]) if k in props else v for k, v in obj.items()
-                if k in props or k in ("apiVersion", "kind", "metadata")}
+        return {
+            k: prune(v, props[k]) if k in props else v
+            for k, v in obj.items()
+            if k in props or k in ("apiVersion", "kind", "metadata")
+        }
     if isinstance(obj, list) and "items" in schema:
         return [prune(item, schema["items"]) for item in obj]
     return copy.deepcopy(obj)
@@ -116,7 +121,7 @@ _PROGRAMS: dict[str, Any] = {}
 def _run(expr: str, activation: dict[str, Any]) -> Any:
     if expr not in _PROGRAMS:
         _PROGRAMS[expr] = _ENV.program(_ENV.compile(expr))
-    return _PROGRAMS[expr].evaluate({k: celpy.json_to_cel(v) for k, v in activation.items()})
+    return _PROGRAMS[expr].evaluate({k: json_to_cel(v) for k, v in activation.items()})
 
 
 def cel_problems(obj: Any, schema: dict[str, Any], old: Any = None, path: str = "") -> Problems:
@@ -131,7 +136,7 @@ def cel_problems(obj: Any, schema: dict[str, Any], old: Any = None, path: str = 
         if is_transition:
             activation["oldSelf"] = _typed(old, schema)
         result = _run(rule["rule"], activation)
-        if isinstance(result, celpy.CELEvalError):
+        if isinstance(result, CELEvalError):
             raise AssertionError(f"CEL rule {rule['rule']!r} failed to evaluate at {path or '<root>'}: {result}")
         if not result:
             message = _run(rule["messageExpression"], activation) if "messageExpression" in rule else rule["message"]

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.schema_server import admit, apply_defaults, cel_problems, openapi_errors, unknown_fields
-from support.specs import DELETE, minimal_job, set_path
 
 from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.api.validate import validate_document, validate_update
+from support.schema_server import admit, apply_defaults, cel_problems, openapi_errors, unknown_fields
+from support.specs import DELETE, minimal_job, set_path
 
 # (id, mutations, field paths both must report). Each case breaks exactly one thing.
 INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
@@ -30,8 +30,11 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
     ("bad-claim-name", {"spec.model": {"volume": "Bad_Claim", "path": "m"}}, {"spec.model.volume"}),
     ("missing-task", {"spec.task": DELETE}, {"spec.task"}),
     # a bound is no blocking error: the API server still runs CEL, and the heartbeat rule fails too
-    ("lease-zero", {"spec.faultTolerance.leaseSeconds": 0},
-     {"spec.faultTolerance.leaseSeconds", "spec.faultTolerance.heartbeatSeconds"}),
+    (
+        "lease-zero",
+        {"spec.faultTolerance.leaseSeconds": 0},
+        {"spec.faultTolerance.leaseSeconds", "spec.faultTolerance.heartbeatSeconds"},
+    ),
     ("alpha-zero", {"spec.algorithm.icepop.alpha": 0}, {"spec.algorithm.icepop.alpha"}),
     ("bad-strategy", {"spec.trainer.strategy": "zero3"}, {"spec.trainer.strategy"}),
     ("lr-string", {"spec.algorithm.learningRate": "fast"}, {"spec.algorithm.learningRate"}),
@@ -47,10 +50,16 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
     ("model-path-and-builtin", {"spec.model.path": "/models/x"}, {"spec.model"}),
     ("model-neither", {"spec.model": {"dtype": "float32"}}, {"spec.model"}),
     ("dataset-volume-no-path", {"spec.task.dataset.volume": "data"}, {"spec.task.dataset.volume"}),
-    ("heartbeat-not-below-lease", {"spec.faultTolerance": {"heartbeatSeconds": 10, "leaseSeconds": 10}},
-     {"spec.faultTolerance.heartbeatSeconds"}),
-    ("backoff-above-cap", {"spec.faultTolerance": {"restartBackoffSeconds": 100, "maxRestartBackoffSeconds": 50}},
-     {"spec.faultTolerance.restartBackoffSeconds"}),
+    (
+        "heartbeat-not-below-lease",
+        {"spec.faultTolerance": {"heartbeatSeconds": 10, "leaseSeconds": 10}},
+        {"spec.faultTolerance.heartbeatSeconds"},
+    ),
+    (
+        "backoff-above-cap",
+        {"spec.faultTolerance": {"restartBackoffSeconds": 100, "maxRestartBackoffSeconds": 50}},
+        {"spec.faultTolerance.restartBackoffSeconds"},
+    ),
     ("name-uppercase", {"metadata.name": "Bad_Name"}, {"metadata.name"}),
     ("name-too-long", {"metadata.name": "j" * 41}, {"metadata.name"}),
 ]
@@ -75,8 +84,9 @@ def test_at_least_twenty_invalid_cases() -> None:
 
 
 @pytest.mark.parametrize(("case", "mutations", "paths"), INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_spec_rejected_by_both(schema: dict[str, Any], case: str, mutations: dict[str, Any],
-                                      paths: set[str]) -> None:
+def test_invalid_spec_rejected_by_both(
+    schema: dict[str, Any], case: str, mutations: dict[str, Any], paths: set[str]
+) -> None:
     doc = _mutate(mutations)
     ours = validate_document(doc)
     theirs = admit(doc, schema)
@@ -112,6 +122,7 @@ def test_immutable_trainer_replicas(schema: dict[str, Any]) -> None:
 
 # --- property-based: generated specs ------------------------------------------------------------------------
 
+
 def _valid_specs() -> st.SearchStrategy[dict[str, Any]]:
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any]:
@@ -135,16 +146,23 @@ def _valid_specs() -> st.SearchStrategy[dict[str, Any]]:
                 "maxNewTokens": max_new,
                 "temperature": draw(st.floats(0.05, 4.0)),
             },
-            "algorithm": {"icepop": {"alpha": alpha, "beta": draw(st.floats(max(1.0, alpha + 0.01), 1000.0))},
-                          "steps": draw(st.integers(1, 10_000_000))},
-            "c3po": {"chunkTokens": draw(st.integers(1, max_new)),
-                     "inferencePoolCapacity": draw(st.integers(group, 1_000_000)),
-                     "retention": draw(st.integers(0, 1000))},
+            "algorithm": {
+                "icepop": {"alpha": alpha, "beta": draw(st.floats(max(1.0, alpha + 0.01), 1000.0))},
+                "steps": draw(st.integers(1, 10_000_000)),
+            },
+            "c3po": {
+                "chunkTokens": draw(st.integers(1, max_new)),
+                "inferencePoolCapacity": draw(st.integers(group, 1_000_000)),
+                "retention": draw(st.integers(0, 1000)),
+            },
             "trainer": {"replicas": draw(st.integers(1, 4096)), "strategy": draw(st.sampled_from(["ddp", "fsdp2"]))},
             "rollout": rollout,
-            "faultTolerance": {"leaseSeconds": lease, "heartbeatSeconds": draw(st.integers(1, min(lease - 1, 3600))),
-                               "maxRestartBackoffSeconds": backoff_cap,
-                               "restartBackoffSeconds": draw(st.integers(0, min(backoff_cap, 3600)))},
+            "faultTolerance": {
+                "leaseSeconds": lease,
+                "heartbeatSeconds": draw(st.integers(1, min(lease - 1, 3600))),
+                "maxRestartBackoffSeconds": backoff_cap,
+                "restartBackoffSeconds": draw(st.integers(0, min(backoff_cap, 3600))),
+            },
             "suspend": draw(st.booleans()),
         }
         return minimal_job(**spec)
@@ -165,15 +183,25 @@ def test_generated_valid_specs_accepted_by_both(schema: dict[str, Any], doc: dic
 def _boundary_specs(draw: st.DrawFn) -> dict[str, Any]:
     """Specs around the cross-field rules' boundaries: valid and invalid ones mixed."""
     return minimal_job(
-        rollout={"minReplicas": draw(st.integers(1, 5)), "maxReplicas": draw(st.integers(1, 5)),
-                 **({"replicas": draw(st.integers(1, 6))} if draw(st.booleans()) else {})},
-        task={"dataset": {"builtin": "arithmetic"}, "reward": "numeric",
-              "samplesPerPrompt": draw(st.integers(2, 6)), "maxNewTokens": draw(st.integers(1, 8))},
+        rollout={
+            "minReplicas": draw(st.integers(1, 5)),
+            "maxReplicas": draw(st.integers(1, 5)),
+            **({"replicas": draw(st.integers(1, 6))} if draw(st.booleans()) else {}),
+        },
+        task={
+            "dataset": {"builtin": "arithmetic"},
+            "reward": "numeric",
+            "samplesPerPrompt": draw(st.integers(2, 6)),
+            "maxNewTokens": draw(st.integers(1, 8)),
+        },
         c3po={"chunkTokens": draw(st.integers(1, 8)), "inferencePoolCapacity": draw(st.integers(1, 8))},
         algorithm={"icepop": {"alpha": draw(st.sampled_from([0.5, 1.0])), "beta": draw(st.sampled_from([1.0, 2.0]))}},
-        faultTolerance={"heartbeatSeconds": draw(st.integers(1, 4)), "leaseSeconds": draw(st.integers(1, 4)),
-                        "restartBackoffSeconds": draw(st.integers(0, 3)),
-                        "maxRestartBackoffSeconds": draw(st.integers(0, 3))},
+        faultTolerance={
+            "heartbeatSeconds": draw(st.integers(1, 4)),
+            "leaseSeconds": draw(st.integers(1, 4)),
+            "restartBackoffSeconds": draw(st.integers(0, 3)),
+            "maxRestartBackoffSeconds": draw(st.integers(0, 3)),
+        },
     )
 
 

@@ -24,17 +24,47 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Summary: the Ready condition's reason",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Policy", "type": "integer", "jsonPath": ".status.policyVersion", "priority": 1,
-     "description": "Weights version the rollouts serve"},
-    {"name": "Tokens/s", "type": "number", "jsonPath": ".status.tokensPerSecond", "priority": 1,
-     "description": "Rollout tokens per second"},
-    {"name": "Checkpoint", "type": "string", "jsonPath": ".status.lastCheckpoint", "priority": 1,
-     "description": "Newest checkpoint"},
+    {
+        "name": "Policy",
+        "type": "integer",
+        "jsonPath": ".status.policyVersion",
+        "priority": 1,
+        "description": "Weights version the rollouts serve",
+    },
+    {
+        "name": "Tokens/s",
+        "type": "number",
+        "jsonPath": ".status.tokensPerSecond",
+        "priority": 1,
+        "description": "Rollout tokens per second",
+    },
+    {
+        "name": "Checkpoint",
+        "type": "string",
+        "jsonPath": ".status.lastCheckpoint",
+        "priority": 1,
+        "description": "Newest checkpoint",
+    },
 ]
 
 
-_KEY_ORDER = ("description", "type", "default", "enum", "format", "minimum", "exclusiveMinimum", "maximum",
-              "exclusiveMaximum", "minLength", "maxLength", "pattern", "required", "properties", "items")
+_KEY_ORDER = (
+    "description",
+    "type",
+    "default",
+    "enum",
+    "format",
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "required",
+    "properties",
+    "items",
+)
 
 
 def _structural(node: Any, defs: dict[str, Any], in_spec: bool = False, optional: bool = True) -> Any:
@@ -73,7 +103,9 @@ def _structural(node: Any, defs: dict[str, Any], in_spec: bool = False, optional
     for key in ("items", "additionalProperties"):
         if isinstance(node.get(key), dict):
             node[key] = _structural(node[key], defs, in_spec)
-    if in_spec and optional and node.get("type") == "object" and "properties" in node and not node.get("required"):
+    if not in_spec:
+        node.pop("default", None)  # status is observation: the operator writes every field it means
+    elif optional and node.get("type") == "object" and "properties" in node and not node.get("required"):
         node.setdefault("default", {})  # so the API server fills nested defaults of an omitted section
     ordered = {key: node.pop(key) for key in _KEY_ORDER if key in node}
     return {**ordered, **dict(sorted(node.items()))}
@@ -83,7 +115,7 @@ def openapi_schema() -> dict[str, Any]:
     """The openAPIV3Schema of RLJob v1alpha1."""
     raw = RLJob.model_json_schema(mode="validation")
     defs = raw.pop("$defs", {})
-    schema = _structural(raw, defs)
+    schema: dict[str, Any] = _structural(raw, defs)
     props = schema["properties"]
     props["apiVersion"] = {"type": "string", "description": "APIVersion of this representation of an object."}
     props["kind"] = {"type": "string", "description": "Kind of the REST resource this object represents."}

@@ -48,7 +48,7 @@ def lookup(path: str) -> tuple[str, dict[str, Any]]:
     parts = [p for p in path.split(".") if p]
     if parts and parts[0].lower() in ("rlj", "rljob", "rljobs"):
         parts = parts[1:]
-    walked = []
+    walked: list[str] = []
     for part in parts:
         props = schema.get("properties") or schema.get("items", {}).get("properties") or {}
         if part not in props:
@@ -119,7 +119,7 @@ def api_markdown() -> str:
         "Status is written only through the status subresource. The scale subresource maps to the rollout pool:",
         "`kubectl scale rlj NAME --replicas N` sets `spec.rollout.replicas`, which pins the pool size within",
         "[minReplicas, maxReplicas]; `kubectl patch rlj NAME --type merge -p "
-        "'{\"spec\":{\"rollout\":{\"replicas\":null}}}'` clears the pin.",
+        '\'{"spec":{"rollout":{"replicas":null}}}\'` clears the pin.',
         "",
     ]
     for path, obj in _objects(schema, ""):

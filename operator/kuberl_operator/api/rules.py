@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -43,6 +44,43 @@ def _emit_rules(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     rules = getattr(cls, "rules", ())
     if rules:
         schema["x-kubernetes-validations"] = [rule.to_cel() for rule in rules]
+
+
+_NEGATION = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def ordered(left: str, op: str, right: str, why: str = "", show_values: bool = True) -> Rule:
+    """The rule `left op right` over two (dotted) fields, reported at `left` as
+    `must be <op> <right>[ why] (<left value> <negated op> <right value>)`.
+
+    `show_values=False` leaves the values out, for doubles (CEL and Python print them differently).
+    """
+    text = f"must be {op} {right}" + (f" {why}" if why else "")
+    neg = _NEGATION[op]
+    if show_values:
+        message = f"'{text} (' + string(self.{left}) + ' {neg} ' + string(self.{right}) + ')'"
+    else:
+        message = f"'{text}'"
+
+    def check(m: Any) -> str | None:
+        a, b = _get(m, left), _get(m, right)
+        if _COMPARE[op](a, b):
+            return None
+        return f"{text} ({a} {neg} {b})" if show_values else text
+
+    return Rule(cel=f"self.{left} {op} self.{right}", message=message, field=left, check=check)
 
 
 class ApiModel(BaseModel):
@@ -94,7 +132,8 @@ def _model_class(annotation: Any) -> type[ApiModel] | None:
 
 def _defaulted_view(cls: type[ApiModel], raw: dict[str, Any]) -> SimpleNamespace:
     """Attribute view of a raw mapping with the model's defaults filled in, as the API server defaults
-    before it evaluates CEL; values are not type-checked (a rule over a wrongly typed field is skipped)."""
+    before it evaluates CEL; values are not type-checked (a rule over a wrongly typed field is skipped).
+    """
     values: dict[str, Any] = {}
     for name, info in cls.model_fields.items():
         value = raw[name] if name in raw else info.get_default(call_default_factory=True)
@@ -109,7 +148,8 @@ def _defaulted_view(cls: type[ApiModel], raw: dict[str, Any]) -> SimpleNamespace
 
 def rule_problems(cls: type[ApiModel], raw: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Evaluate every (non-transition) rule of a raw document tree, even where other fields are invalid, so
-    that one pass reports every problem: (path, message) pairs."""
+    that one pass reports every problem: (path, message) pairs.
+    """
     if not isinstance(raw, dict):
         return []
     problems: list[tuple[str, str]] = []

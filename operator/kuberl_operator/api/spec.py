@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from kuberl_operator.api.rules import ApiModel, Rule
+from kuberl_operator.api.rules import ApiModel, Rule, ordered
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ClaimName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
 Path = Annotated[str, Field(min_length=1, max_length=4096)]
 PodTemplate = Annotated[
@@ -102,14 +101,7 @@ class IcePopSpec(ApiModel):
     beta: float = Field(5.0, ge=1.0, le=1000.0)
     """Upper bound of the band; tokens with k > beta contribute no gradient."""
 
-    rules = (
-        Rule(
-            cel="self.alpha < self.beta",
-            message="'must be < beta'",
-            field="alpha",
-            check=lambda m: None if m.alpha < m.beta else "must be < beta",
-        ),
-    )
+    rules = (ordered("alpha", "<", "beta", show_values=False),)
 
 
 class AlgorithmSpec(ApiModel):
@@ -193,14 +185,7 @@ class RolloutSpec(ApiModel):
     """Pod template merged into each rollout pod; kuberl owns the container's command, env and ports."""
 
     rules = (
-        Rule(
-            cel="self.minReplicas <= self.maxReplicas",
-            message="'must be <= maxReplicas (' + string(self.minReplicas) + ' > ' + string(self.maxReplicas) + ')'",
-            field="minReplicas",
-            check=lambda m: (
-                None if m.minReplicas <= m.maxReplicas else f"must be <= maxReplicas ({m.minReplicas} > {m.maxReplicas})"
-            ),
-        ),
+        ordered("minReplicas", "<=", "maxReplicas"),
         Rule(
             cel="!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)",
             message="'must be within [minReplicas, maxReplicas] = [' + string(self.minReplicas) + ', '"
@@ -209,7 +194,8 @@ class RolloutSpec(ApiModel):
             check=lambda m: (
                 None
                 if m.replicas is None or m.minReplicas <= m.replicas <= m.maxReplicas
-                else f"must be within [minReplicas, maxReplicas] = [{m.minReplicas}, {m.maxReplicas}] (got {m.replicas})"
+                else "must be within [minReplicas, maxReplicas] = "
+                f"[{m.minReplicas}, {m.maxReplicas}] (got {m.replicas})"
             ),
         ),
     )
@@ -239,27 +225,8 @@ class FaultToleranceSpec(ApiModel):
     """Pod failures on one node after which the job's new pods avoid that node."""
 
     rules = (
-        Rule(
-            cel="self.heartbeatSeconds < self.leaseSeconds",
-            message="'must be < leaseSeconds (' + string(self.heartbeatSeconds) + ' >= ' + string(self.leaseSeconds) + ')'",
-            field="heartbeatSeconds",
-            check=lambda m: (
-                None
-                if m.heartbeatSeconds < m.leaseSeconds
-                else f"must be < leaseSeconds ({m.heartbeatSeconds} >= {m.leaseSeconds})"
-            ),
-        ),
-        Rule(
-            cel="self.restartBackoffSeconds <= self.maxRestartBackoffSeconds",
-            message="'must be <= maxRestartBackoffSeconds (' + string(self.restartBackoffSeconds) + ' > '"
-            " + string(self.maxRestartBackoffSeconds) + ')'",
-            field="restartBackoffSeconds",
-            check=lambda m: (
-                None
-                if m.restartBackoffSeconds <= m.maxRestartBackoffSeconds
-                else f"must be <= maxRestartBackoffSeconds ({m.restartBackoffSeconds} > {m.maxRestartBackoffSeconds})"
-            ),
-        ),
+        ordered("heartbeatSeconds", "<", "leaseSeconds"),
+        ordered("restartBackoffSeconds", "<=", "maxRestartBackoffSeconds"),
     )
 
 
@@ -305,27 +272,6 @@ class RLJobSpec(ApiModel):
     """Delete the job's pods but keep checkpoints and status; setting it back to false resumes."""
 
     rules = (
-        Rule(
-            cel="self.c3po.chunkTokens <= self.task.maxNewTokens",
-            message="'must be <= task.maxNewTokens (' + string(self.c3po.chunkTokens) + ' > '"
-            " + string(self.task.maxNewTokens) + ')'",
-            field="c3po.chunkTokens",
-            check=lambda m: (
-                None
-                if m.c3po.chunkTokens <= m.task.maxNewTokens
-                else f"must be <= task.maxNewTokens ({m.c3po.chunkTokens} > {m.task.maxNewTokens})"
-            ),
-        ),
-        Rule(
-            cel="self.c3po.inferencePoolCapacity >= self.task.samplesPerPrompt",
-            message="'must be >= task.samplesPerPrompt so a whole GRPO group fits ('"
-            " + string(self.c3po.inferencePoolCapacity) + ' < ' + string(self.task.samplesPerPrompt) + ')'",
-            field="c3po.inferencePoolCapacity",
-            check=lambda m: (
-                None
-                if m.c3po.inferencePoolCapacity >= m.task.samplesPerPrompt
-                else "must be >= task.samplesPerPrompt so a whole GRPO group fits "
-                f"({m.c3po.inferencePoolCapacity} < {m.task.samplesPerPrompt})"
-            ),
-        ),
+        ordered("c3po.chunkTokens", "<=", "task.maxNewTokens"),
+        ordered("c3po.inferencePoolCapacity", ">=", "task.samplesPerPrompt", why="so a whole GRPO group fits"),
     )

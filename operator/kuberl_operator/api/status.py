@@ -10,7 +10,6 @@ from kuberl_operator.api.conditions import ConditionType
 from kuberl_operator.api.rules import ApiModel
 
 
-
 def _timestamp(default: str | None = None) -> Any:
     return Field(default, json_schema_extra={"format": "date-time"})
 

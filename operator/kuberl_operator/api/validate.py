@@ -40,7 +40,8 @@ def _show(value: Any) -> str:
 
 def problems_of(error: ValidationError, rules: bool = True) -> list[Problem]:
     """Flatten a pydantic error into field-path problems, expanding kuberl's cross-field rules (or leaving
-    them out with `rules=False`)."""
+    them out with `rules=False`).
+    """
     out: list[Problem] = []
     for err in error.errors(include_url=False):
         loc = tuple(err["loc"])

@@ -1,0 +1,71 @@
+"""The `kuberl` command line: crd, validate, explain."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kuberl_operator.api.crd import crd_yaml
+from kuberl_operator.cli import main
+from support.specs import minimal_job
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_crd_prints_the_generated_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["crd"]) == 0
+    assert capsys.readouterr().out == crd_yaml()
+
+
+def test_validate_examples_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in (ROOT / "examples").glob("*.yaml"))
+    assert main(["validate", *files]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{f}: valid" in out for f in files)
+
+
+def test_validate_bad_spec_prints_each_problem_and_exits_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = minimal_job(rollout={"minReplicas": 4, "maxReplicas": 2}, c3po={"chunkTokens": 0})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(minimal_job()))
+    assert main(["validate", str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert f"{bad}: spec.rollout.minReplicas: must be <= maxReplicas (4 > 2)" in lines
+    assert f"{bad}: spec.c3po.chunkTokens: input should be greater than or equal to 1 (got 0)" in lines
+    assert len(lines) == 2
+    assert f"{good}: valid" in captured.out
+
+
+def test_explain_field_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "spec.c3po.tokenBudget"]) == 0
+    out = capsys.readouterr().out
+    assert "FIELD: tokenBudget <integer>" in out and "Phi" in out and "default 4096" in out
+    assert main(["explain", "rlj.spec.rollout"]) == 0
+    out = capsys.readouterr().out
+    assert "minReplicas\t<integer>" in out and "Rule: self.minReplicas <= self.maxReplicas" in out
+    assert main(["explain", "spec.nope"]) == 1
+    assert "field 'nope' does not exist in spec" in capsys.readouterr().err
+    assert main(["explain", "spec", "--recursive"]) == 0
+    assert "      alpha\t<number>" in capsys.readouterr().out
+
+
+def test_console_script_installed() -> None:
+    """The `kuberl` entry point from pyproject works as a process, with exit codes."""
+    exe = shutil.which("kuberl", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    done = subprocess.run(
+        [exe, "validate", str(ROOT / "examples" / "quickstart.yaml")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([exe, "bogus"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
