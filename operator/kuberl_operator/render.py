@@ -1,0 +1,75 @@
+"""Render an RLJob into the workers' config contract: the one function operator and launcher share."""
+
+from __future__ import annotations
+
+from kuberl_operator.api.rljob import RLJob
+from kuberl_workers.config import (
+    AlgorithmConfig,
+    C3POConfig,
+    CheckpointConfig,
+    FaultConfig,
+    ModelConfig,
+    ScaleConfig,
+    TaskConfig,
+    WorkerConfig,
+)
+
+
+def worker_config(job: RLJob, checkpoint_dir: str, model_root: str = "", data_root: str = "") -> WorkerConfig:
+    """The WorkerConfig of `job`. Paths on volumes are resolved against the given mount roots (in a pod, where
+    the operator mounts the claims; locally, empty)."""
+    spec = job.spec
+
+    def under(root: str, path: str | None, volume: str | None) -> str | None:
+        return f"{root.rstrip('/')}/{path}" if path and volume and root else path
+
+    return WorkerConfig(
+        job=job.metadata.name,
+        namespace=job.metadata.namespace or "default",
+        seed=spec.seed,
+        model=ModelConfig(
+            path=under(model_root, spec.model.path, spec.model.volume),
+            builtin=spec.model.builtin,
+            dtype=spec.model.dtype,
+        ),
+        task=TaskConfig(
+            datasetPath=under(data_root, spec.task.dataset.path, spec.task.dataset.volume),
+            datasetBuiltin=spec.task.dataset.builtin,
+            promptField=spec.task.dataset.promptField,
+            answerField=spec.task.dataset.answerField,
+            reward=spec.task.reward,
+            promptsPerStep=spec.task.promptsPerStep,
+            samplesPerPrompt=spec.task.samplesPerPrompt,
+            maxPromptTokens=spec.task.maxPromptTokens,
+            maxNewTokens=spec.task.maxNewTokens,
+            temperature=spec.task.temperature,
+        ),
+        algorithm=AlgorithmConfig(
+            icepopEnabled=spec.algorithm.icepop.enabled,
+            icepopAlpha=spec.algorithm.icepop.alpha,
+            icepopBeta=spec.algorithm.icepop.beta,
+            clipEpsilon=spec.algorithm.clipEpsilon,
+            klCoef=spec.algorithm.klCoef,
+            learningRate=spec.algorithm.learningRate,
+            weightDecay=spec.algorithm.weightDecay,
+            maxGradNorm=spec.algorithm.maxGradNorm,
+            steps=spec.algorithm.steps,
+        ),
+        c3po=C3POConfig(**spec.c3po.model_dump()),
+        scale=ScaleConfig(
+            trainerReplicas=spec.trainer.replicas,
+            trainerStrategy=spec.trainer.strategy,
+            rolloutMinReplicas=spec.rollout.minReplicas,
+            rolloutMaxReplicas=spec.rollout.maxReplicas,
+            targetStepSeconds=spec.rollout.targetStepSeconds,
+            tensorParallelSize=spec.rollout.tensorParallelSize,
+            gpuMemoryUtilization=spec.rollout.gpuMemoryUtilization,
+        ),
+        fault=FaultConfig(
+            leaseSeconds=spec.faultTolerance.leaseSeconds,
+            heartbeatSeconds=spec.faultTolerance.heartbeatSeconds,
+        ),
+        checkpoint=CheckpointConfig(
+            dir=checkpoint_dir, everySteps=spec.checkpoint.everySteps, keep=spec.checkpoint.keep
+        ),
+    )

@@ -1,0 +1,146 @@
+"""The worker contract: the config every kuberl process reads, and the environment variables that locate it.
+
+Pure (pydantic only): the operator and the local launcher render it from an RLJob through one function
+(`kuberl_operator.render.worker_config`), so a pod and a local process see the same job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --- environment variables every worker process reads ------------------------------------------------------
+ENV_CONFIG: Final = "KUBERL_CONFIG"
+"""Path of the rendered WorkerConfig JSON file."""
+ENV_ROLE: Final = "KUBERL_ROLE"
+"""`controller`, `trainer` or `rollout`."""
+ENV_INDEX: Final = "KUBERL_INDEX"
+"""Replica index within the role (trainer rank, rollout ordinal)."""
+ENV_CONTROLLER_URL: Final = "KUBERL_CONTROLLER_URL"
+"""Base URL of the controller's API, e.g. http://job-controller:8000."""
+ENV_TOKEN_FILE: Final = "KUBERL_TOKEN_FILE"
+"""File holding the per-job bearer token (a mounted Secret)."""
+ENV_POD_IP: Final = "POD_IP"
+"""The address this process listens on (downward API in a pod; 127.0.0.x locally)."""
+ENV_WORKER_ID: Final = "KUBERL_WORKER_ID"
+"""Stable worker name (the pod name), used for leases and heartbeats."""
+
+Role = Literal["controller", "trainer", "rollout"]
+ROLES: Final = ("controller", "trainer", "rollout")
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Contract):
+    path: str | None = None
+    builtin: str | None = None
+    dtype: str = "auto"
+
+
+class TaskConfig(_Contract):
+    datasetPath: str | None = None
+    datasetBuiltin: str | None = None
+    promptField: str = "prompt"
+    answerField: str = "answer"
+    reward: str
+    promptsPerStep: int
+    samplesPerPrompt: int
+    maxPromptTokens: int
+    maxNewTokens: int
+    temperature: float
+
+
+class AlgorithmConfig(_Contract):
+    icepopEnabled: bool
+    icepopAlpha: float
+    icepopBeta: float
+    clipEpsilon: float
+    klCoef: float
+    learningRate: float
+    weightDecay: float
+    maxGradNorm: float
+    steps: int
+
+
+class C3POConfig(_Contract):
+    tokenBudget: int
+    retention: int
+    inferencePoolCapacity: int
+    chunkTokens: int
+
+
+class ScaleConfig(_Contract):
+    trainerReplicas: int
+    trainerStrategy: str = "ddp"
+    rolloutMinReplicas: int
+    rolloutMaxReplicas: int
+    targetStepSeconds: float
+    tensorParallelSize: int = 1
+    gpuMemoryUtilization: float = 0.9
+
+
+class FaultConfig(_Contract):
+    leaseSeconds: float
+    heartbeatSeconds: float
+    # Heartbeats a worker may miss before it is declared dead and its leases return to the queue.
+    missedHeartbeats: int = 3
+
+
+class CheckpointConfig(_Contract):
+    dir: str
+    everySteps: int
+    keep: int
+
+
+class Ports(_Contract):
+    controller: int = 8000
+    rollout: int = 8001
+    trainer: int = 8002
+    rendezvous: int = 29500
+
+
+class Limits(_Contract):
+    maxRequestBytes: int = Field(64 * 1024 * 1024, ge=1024)
+    rewardTimeoutSeconds: float = Field(5.0, gt=0)
+    rewardProcesses: int = Field(2, ge=1)
+
+
+class WorkerConfig(_Contract):
+    """Everything a controller, trainer or rollout process needs to know about its job."""
+
+    job: str
+    namespace: str = "default"
+    seed: int = 0
+    model: ModelConfig
+    task: TaskConfig
+    algorithm: AlgorithmConfig
+    c3po: C3POConfig
+    scale: ScaleConfig
+    fault: FaultConfig
+    checkpoint: CheckpointConfig
+    ports: Ports = Ports()
+    limits: Limits = Limits()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> WorkerConfig:
+    """Read the WorkerConfig named by the argument or by $KUBERL_CONFIG."""
+    source = path or os.environ.get(ENV_CONFIG)
+    if not source:
+        raise RuntimeError(f"no worker config: set {ENV_CONFIG} to the rendered config file")
+    return WorkerConfig.model_validate_json(Path(source).read_text(encoding="utf-8"))
+
+
+def read_token(path: str | os.PathLike[str] | None = None) -> str:
+    """The per-job bearer token from the file named by the argument or by $KUBERL_TOKEN_FILE."""
+    source = path or os.environ.get(ENV_TOKEN_FILE)
+    if not source:
+        raise RuntimeError(f"no job token: set {ENV_TOKEN_FILE} to the token file")
+    token = Path(source).read_text(encoding="utf-8").strip()
+    if len(token) < 16:
+        raise RuntimeError(f"job token in {source} is shorter than 16 characters")
+    return token

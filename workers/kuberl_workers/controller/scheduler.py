@@ -1,0 +1,391 @@
+"""C3PO++ token-budget scheduling over lossless work leases: the controller's deterministic core (no I/O).
+
+Time is passed in (`now`, monotonic seconds) so that tests can drive any schedule of events.
+The rules are in `shared/design/algorithms.md` and docs/architecture.md; in short:
+
+- The inference pool P holds at most Omega rollouts; it is refilled with whole GRPO groups while the step is
+  open and fewer than `promptsPerStep` new groups were admitted this step.
+- A rollout is generated in chunks of at most `chunkTokens`, each leased to one worker (TODO -> LEASED -> back to
+  TODO on expiry, worker death or error; the rollout only changes when the current lease's result is accepted).
+- A finished rollout adds its length to C; a group whose samples are all finished and rewarded enters Q.
+- sigma > 0: the step closes when Q is non-empty and C >= Phi (or nothing more can be admitted and P is empty);
+  unfinished rollouts carry over, age by one per policy update, and are purged (whole group) past sigma.
+- sigma = 0 (synchronous): at C >= Phi admission stops, and the step closes once P has drained, so nothing
+  carries over.
+- A purged group's prompt is requeued once as a fresh group, then dropped. Trained prompts go to the DONE log
+  before the batch is handed out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kuberl_workers.controller.state import FINISH_REASONS, ChunkRequest, Group, Lease, Rollout
+
+PromptSource = Callable[[int], tuple[list[int], str]]
+"""prompt index -> (prompt token ids, reference answer)."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    token_budget: int
+    retention: int
+    pool_capacity: int
+    chunk_tokens: int
+    group_size: int
+    prompts_per_step: int
+    max_new_tokens: int
+    lease_seconds: float
+    seed: int = 0
+
+
+@dataclass
+class WorkerState:
+    """What the scheduler knows of one rollout worker."""
+
+    tokens_per_second: float | None = None
+    draining: bool = False
+
+
+@dataclass
+class Counters:
+    """Monotonic event counts, exported as metrics."""
+
+    leases_requeued: int = 0
+    leases_rejected: int = 0
+    rollouts_purged: int = 0
+    prompts_requeued: int = 0
+    prompts_dropped: int = 0
+    tokens_generated: int = 0
+
+
+@dataclass
+class Batch:
+    """One training step's data: whole groups, each rollout with per-token logprobs and versions."""
+
+    step: int
+    groups: list[dict[str, Any]]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r["outputIds"]) for g in self.groups for r in g["rollouts"])
+
+
+def _ewma(old: float | None, new: float, weight: float = 0.3) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
+
+
+class Scheduler:
+    """The C3PO++ inference pool, training pool and lease table."""
+
+    def __init__(self, cfg: SchedulerConfig, source: PromptSource) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.rollouts: dict[int, Rollout] = {}  # P plus finished rollouts waiting for their group
+        self.groups: dict[int, Group] = {}
+        self.ready: list[int] = []  # Q: ids of whole, rewarded groups
+        self.requeue: deque[int] = deque()  # prompt indices of purged groups, admitted before new prompts
+        self.requeued_once: set[int] = set()
+        self.done: list[tuple[int, int]] = []  # DONE log: (prompt index, step it was trained in)
+        self.dropped: list[int] = []
+        self.cursor = 0  # next dataset prompt index
+        self.step = 0  # steps closed so far; the next batch is for step `step`
+        self.version = 0  # policy version the rollouts must use
+        self.budget_used = 0  # C
+        self.admitted = 0  # new groups admitted this step
+        self.awaiting_weights = False
+        self.next_id = 0
+        self.lease_seq = 0
+        self.workers: dict[str, WorkerState] = {}
+        self.counters = Counters()
+        self.refill()
+
+    # --- the inference pool ------------------------------------------------------------------------------
+
+    def in_flight(self) -> list[Rollout]:
+        return [r for r in self.rollouts.values() if not r.finished]
+
+    def _budget_met(self) -> bool:
+        return self.budget_used >= self.cfg.token_budget
+
+    def _admission_open(self) -> bool:
+        if self.awaiting_weights or self.admitted >= self.cfg.prompts_per_step:
+            return False
+        return not (self.cfg.retention == 0 and self._budget_met())
+
+    def refill(self) -> None:
+        """Admit whole groups while P has room for all G samples of one more."""
+        while self._admission_open() and len(self.in_flight()) + self.cfg.group_size <= self.cfg.pool_capacity:
+            requeued = bool(self.requeue)
+            index = self.requeue.popleft() if requeued else self.cursor
+            if not requeued:
+                self.cursor += 1
+            prompt_ids, answer = self.source(index)
+            group = Group(id=self.next_id, prompt_index=index, answer=answer, rollouts=[], requeued=requeued)
+            for sample in range(self.cfg.group_size):
+                self.next_id += 1
+                rollout = Rollout(id=self.next_id, group=group.id, sample=sample, prompt_ids=list(prompt_ids))
+                self.rollouts[rollout.id] = rollout
+                group.rollouts.append(rollout.id)
+            self.groups[group.id] = group
+            self.next_id += 1
+            self.admitted += 1
+
+    # --- leases ----------------------------------------------------------------------------------------
+
+    def _quota(self, worker: str) -> int:
+        """Rollouts a worker may hold at once: its throughput's share of Omega (equal shares until measured)."""
+        active = {w: s for w, s in self.workers.items() if not s.draining}
+        measured = [s.tokens_per_second for s in active.values() if s.tokens_per_second]
+        default = sum(measured) / len(measured) if measured else 1.0
+        rates = {w: s.tokens_per_second or default for w, s in active.items()}
+        return max(1, math.ceil(self.cfg.pool_capacity * rates[worker] / sum(rates.values())))
+
+    def lease(self, worker: str, max_rollouts: int, now: float) -> list[ChunkRequest]:
+        """Hand `worker` up to `max_rollouts` chunks (none while draining or while new weights are awaited)."""
+        state = self.workers.setdefault(worker, WorkerState())
+        if state.draining or self.awaiting_weights or max_rollouts <= 0:
+            return []
+        held = sum(1 for r in self.rollouts.values() if r.lease and r.lease.worker == worker)
+        room = min(max_rollouts, self._quota(worker) - held)
+        out: list[ChunkRequest] = []
+        for rollout in sorted(self.in_flight(), key=lambda r: r.id):
+            if len(out) >= room:
+                break
+            if rollout.lease is not None:
+                continue
+            self.lease_seq += 1
+            rollout.lease = Lease(f"{rollout.id}-{self.lease_seq}", worker, now + self.cfg.lease_seconds, now)
+            out.append(
+                ChunkRequest(
+                    lease_id=rollout.lease.id,
+                    rollout_id=rollout.id,
+                    prompt_ids=rollout.prompt_ids,
+                    output_ids=list(rollout.output_ids),
+                    max_tokens=min(self.cfg.chunk_tokens, self.cfg.max_new_tokens - len(rollout.output_ids)),
+                    version=self.version,
+                    seed=(self.cfg.seed * 1_000_003 + rollout.id * 7_919 + rollout.chunks) % 2**31,
+                )
+            )
+        return out
+
+    def _find_lease(self, lease_id: str, worker: str) -> Rollout | None:
+        rollout_id = lease_id.split("-", 1)[0]
+        rollout = self.rollouts.get(int(rollout_id)) if rollout_id.isdigit() else None
+        if rollout is None or rollout.lease is None or rollout.lease.id != lease_id or rollout.lease.worker != worker:
+            return None
+        return rollout
+
+    def complete(
+        self,
+        worker: str,
+        lease_id: str,
+        new_ids: list[int],
+        logprobs: list[float],
+        finish_reason: str | None,
+        version: int,
+    ) -> Rollout | None:
+        """Accept a chunk's result if `lease_id` is still the rollout's current lease; None if stale.
+
+        Returns the rollout, which has finished when `finish_reason` is set (the caller computes its reward).
+        """
+        rollout = self._find_lease(lease_id, worker)
+        if rollout is None:
+            self.counters.leases_rejected += 1
+            return None
+        room = self.cfg.max_new_tokens - len(rollout.output_ids)
+        if len(new_ids) != len(logprobs) or len(new_ids) > min(room, self.cfg.chunk_tokens):
+            raise ValueError(
+                f"chunk of {len(new_ids)} tokens with {len(logprobs)} logprobs for a lease of at most "
+                f"{min(room, self.cfg.chunk_tokens)} tokens"
+            )
+        if finish_reason is not None and finish_reason not in FINISH_REASONS:
+            raise ValueError(f"finishReason must be one of {FINISH_REASONS} or null, got {finish_reason!r}")
+        rollout.lease = None
+        rollout.output_ids += new_ids
+        rollout.logprobs += logprobs
+        rollout.versions += [version] * len(new_ids)
+        rollout.chunks += 1
+        self.counters.tokens_generated += len(new_ids)
+        if finish_reason is None and len(rollout.output_ids) >= self.cfg.max_new_tokens:
+            finish_reason = "length"
+        if finish_reason is not None:
+            rollout.finish_reason = finish_reason
+            self.budget_used += len(rollout.output_ids)
+            self.refill()
+        return rollout
+
+    def release(self, worker: str, lease_id: str) -> bool:
+        """A worker gives a lease back unfinished (engine error): its chunk returns to the queue."""
+        rollout = self._find_lease(lease_id, worker)
+        if rollout is None:
+            return False
+        rollout.lease = None
+        self.counters.leases_requeued += 1
+        return True
+
+    def worker_lost(self, worker: str) -> int:
+        """A worker died (missed heartbeats, pod gone): every lease it held returns to the queue."""
+        lost = [r for r in self.rollouts.values() if r.lease and r.lease.worker == worker]
+        for rollout in lost:
+            rollout.lease = None
+        self.counters.leases_requeued += len(lost)
+        self.workers.pop(worker, None)
+        return len(lost)
+
+    def expire(self, now: float) -> int:
+        """Leases past their deadline return to the queue (a stalled worker's late result is then refused)."""
+        expired = [r for r in self.rollouts.values() if r.lease and r.lease.deadline <= now]
+        for rollout in expired:
+            rollout.lease = None
+        self.counters.leases_requeued += len(expired)
+        return len(expired)
+
+    def record_throughput(self, worker: str, tokens: int, seconds: float) -> None:
+        if seconds > 0 and tokens > 0:
+            state = self.workers.setdefault(worker, WorkerState())
+            state.tokens_per_second = _ewma(state.tokens_per_second, tokens / seconds)
+
+    def drain(self, worker: str) -> int:
+        """Stop leasing to `worker`; returns how many leases it still holds (0 means it may be stopped)."""
+        self.workers.setdefault(worker, WorkerState()).draining = True
+        return sum(1 for r in self.rollouts.values() if r.lease and r.lease.worker == worker)
+
+    # --- rewards and the training pool ------------------------------------------------------------------
+
+    def rewarded(self, rollout_id: int, reward: float) -> None:
+        rollout = self.rollouts.get(rollout_id)
+        if rollout is None or not rollout.finished:
+            return  # purged meanwhile
+        rollout.reward = reward
+        group = self.groups[rollout.group]
+        members = [self.rollouts[i] for i in group.rollouts]
+        if all(r.finished and r.reward is not None for r in members) and group.id not in self.ready:
+            self.ready.append(group.id)
+
+    def _pending(self) -> bool:
+        """Rollouts still generating or waiting for a reward."""
+        return any(not r.finished or r.reward is None for r in self.rollouts.values()
+                   if r.group not in self.ready)
+
+    def step_ready(self) -> bool:
+        if self.awaiting_weights or not self.ready:
+            return False
+        exhausted = self.admitted >= self.cfg.prompts_per_step
+        drained = not self._pending()
+        if self.cfg.retention == 0:
+            return (self._budget_met() or exhausted) and drained
+        return self._budget_met() or (exhausted and drained)
+
+    def close_step(self) -> Batch:
+        """Hand Q to the trainers: record DONE first, then build the batch. Generation pauses until
+        `weights_published` brings the next policy version."""
+        if not self.step_ready():
+            raise RuntimeError("step is not ready")
+        groups = []
+        for group_id in sorted(self.ready):  # admission order, whatever order the groups finished in
+            group = self.groups.pop(group_id)
+            self.done.append((group.prompt_index, self.step))
+            members = [self.rollouts.pop(i) for i in group.rollouts]
+            groups.append({
+                "promptIndex": group.prompt_index,
+                "answer": group.answer,
+                "promptIds": members[0].prompt_ids,
+                "rollouts": [
+                    {"outputIds": r.output_ids, "logprobs": r.logprobs, "versions": r.versions,
+                     "reward": r.reward, "finishReason": r.finish_reason}
+                    for r in members
+                ],
+            })
+        batch = Batch(step=self.step, groups=groups)
+        self.ready = []
+        self.step += 1
+        self.budget_used = 0
+        self.admitted = 0
+        self.awaiting_weights = True
+        return batch
+
+    def weights_published(self, version: int) -> None:
+        """The trainers published `version`: age the carried-over rollouts, purge past sigma, refill."""
+        self.version = version
+        if not self.awaiting_weights:
+            return
+        self.awaiting_weights = False
+        carried = self.in_flight()
+        for rollout in carried:
+            rollout.age += 1
+        purge = {r.group for r in carried if r.age > self.cfg.retention}
+        for group_id in sorted(purge):
+            group = self.groups.pop(group_id)
+            for rollout_id in group.rollouts:
+                self.rollouts.pop(rollout_id)
+            self.counters.rollouts_purged += len(group.rollouts)
+            if group.requeued or group.prompt_index in self.requeued_once:
+                self.dropped.append(group.prompt_index)
+                self.counters.prompts_dropped += 1
+            else:
+                self.requeued_once.add(group.prompt_index)
+                self.requeue.append(group.prompt_index)
+                self.counters.prompts_requeued += 1
+        self.refill()
+
+    # --- demand signal ---------------------------------------------------------------------------------
+
+    def budget_fill(self) -> float:
+        return self.budget_used / self.cfg.token_budget
+
+    def desired_replicas(self, target_step_seconds: float, lo: int, hi: int, current: int) -> int:
+        """Rollout replicas needed to generate Phi tokens within the target time at the measured per-replica
+        throughput, clamped to [lo, hi]; `current` (clamped) while nothing is measured yet."""
+        rates = [s.tokens_per_second for s in self.workers.values() if s.tokens_per_second and not s.draining]
+        if not rates:
+            return min(max(current, lo), hi)
+        per_replica = sum(rates) / len(rates)
+        needed = math.ceil(self.cfg.token_budget / (target_step_seconds * per_replica))
+        return min(max(needed, lo), hi)
+
+    # --- checkpoint state ------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue with the same data: leases are dropped (their work returns to TODO)."""
+        return {
+            "rollouts": [r.to_json() for r in self.rollouts.values()],
+            "groups": [g.to_json() for g in self.groups.values()],
+            "ready": self.ready,
+            "requeue": list(self.requeue),
+            "requeuedOnce": sorted(self.requeued_once),
+            "done": self.done,
+            "dropped": self.dropped,
+            "cursor": self.cursor,
+            "step": self.step,
+            "version": self.version,
+            "budgetUsed": self.budget_used,
+            "admitted": self.admitted,
+            "awaitingWeights": self.awaiting_weights,
+            "nextId": self.next_id,
+            "leaseSeq": self.lease_seq,
+            "counters": self.counters.__dict__,
+        }
+
+    @classmethod
+    def restore(cls, cfg: SchedulerConfig, source: PromptSource, state: dict[str, Any]) -> Scheduler:
+        self = cls.__new__(cls)
+        self.cfg, self.source = cfg, source
+        self.rollouts = {r["id"]: Rollout.from_json(r) for r in state["rollouts"]}
+        self.groups = {g["id"]: Group.from_json(g) for g in state["groups"]}
+        self.ready = list(state["ready"])
+        self.requeue = deque(state["requeue"])
+        self.requeued_once = set(state["requeuedOnce"])
+        self.done = [(int(index), int(step)) for index, step in state["done"]]
+        self.dropped = list(state["dropped"])
+        self.cursor, self.step, self.version = state["cursor"], state["step"], state["version"]
+        self.budget_used, self.admitted = state["budgetUsed"], state["admitted"]
+        self.awaiting_weights = state["awaitingWeights"]
+        self.next_id, self.lease_seq = state["nextId"], state["leaseSeq"]
+        self.workers = {}
+        self.counters = Counters(**state["counters"])
+        return self
