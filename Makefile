@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := operator,dev
+EXTRAS := operator,workers,dev
 STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 

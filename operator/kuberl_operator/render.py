@@ -17,7 +17,8 @@ from kuberl_workers.config import (
 
 def worker_config(job: RLJob, checkpoint_dir: str, model_root: str = "", data_root: str = "") -> WorkerConfig:
     """The WorkerConfig of `job`. Paths on volumes are resolved against the given mount roots (in a pod, where
-    the operator mounts the claims; locally, empty)."""
+    the operator mounts the claims; locally, empty).
+    """
     spec = job.spec
 
     def under(root: str, path: str | None, volume: str | None) -> str | None:

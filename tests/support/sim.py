@@ -48,8 +48,9 @@ def reward_of(output: list[int]) -> float:
     return float(len(output) % 3 == 0)
 
 
-def drive(sched: Scheduler, lengths: dict[tuple[int, int], int], steps: int, workers: int = 2,
-          per_lease: int = 1000) -> Run:
+def drive(
+    sched: Scheduler, lengths: dict[tuple[int, int], int], steps: int, workers: int = 2, per_lease: int = 1000
+) -> Run:
     """Round-robin workers lease, generate and complete until `steps` batches are trained."""
     engine = ScriptedEngine(lengths, sched)
     run = Run()
@@ -60,8 +61,7 @@ def drive(sched: Scheduler, lengths: dict[tuple[int, int], int], steps: int, wor
             now += 1.0
             for chunk in sched.lease(f"w{w}", per_lease, now):
                 tokens, finish = engine.generate(chunk.rollout_id, len(chunk.output_ids), chunk.max_tokens)
-                rollout = sched.complete(f"w{w}", chunk.lease_id, tokens, [-0.5] * len(tokens), finish,
-                                         chunk.version)
+                rollout = sched.complete(f"w{w}", chunk.lease_id, tokens, [-0.5] * len(tokens), finish, chunk.version)
                 run.chunk_calls += 1
                 progressed = True
                 if rollout is not None and rollout.finished:
@@ -76,7 +76,16 @@ def drive(sched: Scheduler, lengths: dict[tuple[int, int], int], steps: int, wor
 
 
 def config(**overrides: int) -> SchedulerConfig:
-    base = dict(token_budget=64, retention=1, pool_capacity=16, chunk_tokens=4, group_size=4,
-                prompts_per_step=4, max_new_tokens=40, lease_seconds=30.0, seed=0)
+    base = dict(
+        token_budget=64,
+        retention=1,
+        pool_capacity=16,
+        chunk_tokens=4,
+        group_size=4,
+        prompts_per_step=4,
+        max_new_tokens=40,
+        lease_seconds=30.0,
+        seed=0,
+    )
     base.update(overrides)
     return SchedulerConfig(**base)  # type: ignore[arg-type]

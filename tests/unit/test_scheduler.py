@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kuberl_workers.controller.scheduler import Scheduler
+from kuberl_workers.controller.state import ChunkRequest
 from support.sim import config, drive, lengths_long_tail, reward_of, source
 
 LENGTHS = lengths_long_tail(seed=7, max_new=40)
@@ -96,8 +97,15 @@ def test_inference_pool_capacity_respected() -> None:
 
 
 def test_budget_accounting_and_close_rule() -> None:
-    cfg = config(retention=1, token_budget=10, pool_capacity=4, prompts_per_step=1, group_size=2,
-                 chunk_tokens=8, max_new_tokens=8)
+    cfg = config(
+        retention=1,
+        token_budget=10,
+        pool_capacity=4,
+        prompts_per_step=1,
+        group_size=2,
+        chunk_tokens=8,
+        max_new_tokens=8,
+    )
     sched = Scheduler(cfg, source)
     a, b = sched.lease("w", 10, now=0.0)
     done_a = sched.complete("w", a.lease_id, [1, 2, 3], [-0.1] * 3, "stop", 0)
@@ -194,7 +202,7 @@ ACTIONS = st.lists(
 def test_no_prompt_lost_or_trained_twice(actions: list[tuple[str, int, int]], retention: int) -> None:
     cfg = config(retention=retention, token_budget=20, pool_capacity=12, prompts_per_step=3, group_size=3)
     sched = Scheduler(cfg, source)
-    held: dict[str, list] = {f"w{i}": [] for i in range(3)}
+    held: dict[str, list[ChunkRequest]] = {f"w{i}": [] for i in range(3)}
     now = 0.0
     for action, w, n in actions:
         worker = f"w{w}"

@@ -26,8 +26,8 @@ from typing import Any
 
 from kuberl_workers.controller.state import FINISH_REASONS, ChunkRequest, Group, Lease, Rollout
 
-PromptSource = Callable[[int], tuple[list[int], str]]
-"""prompt index -> (prompt token ids, reference answer)."""
+PromptSource = Callable[[int], tuple[list[int], str] | None]
+"""prompt index -> (prompt token ids, reference answer), or None to skip that prompt (too long)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,10 @@ class Scheduler:
             index = self.requeue.popleft() if requeued else self.cursor
             if not requeued:
                 self.cursor += 1
-            prompt_ids, answer = self.source(index)
+            example = self.source(index)
+            if example is None:
+                continue
+            prompt_ids, answer = example
             group = Group(id=self.next_id, prompt_index=index, answer=answer, rollouts=[], requeued=requeued)
             for sample in range(self.cfg.group_size):
                 self.next_id += 1
@@ -269,8 +272,7 @@ class Scheduler:
 
     def _pending(self) -> bool:
         """Rollouts still generating or waiting for a reward."""
-        return any(not r.finished or r.reward is None for r in self.rollouts.values()
-                   if r.group not in self.ready)
+        return any(not r.finished or r.reward is None for r in self.rollouts.values() if r.group not in self.ready)
 
     def step_ready(self) -> bool:
         if self.awaiting_weights or not self.ready:
@@ -283,7 +285,8 @@ class Scheduler:
 
     def close_step(self) -> Batch:
         """Hand Q to the trainers: record DONE first, then build the batch. Generation pauses until
-        `weights_published` brings the next policy version."""
+        `weights_published` brings the next policy version.
+        """
         if not self.step_ready():
             raise RuntimeError("step is not ready")
         groups = []
@@ -291,16 +294,23 @@ class Scheduler:
             group = self.groups.pop(group_id)
             self.done.append((group.prompt_index, self.step))
             members = [self.rollouts.pop(i) for i in group.rollouts]
-            groups.append({
-                "promptIndex": group.prompt_index,
-                "answer": group.answer,
-                "promptIds": members[0].prompt_ids,
-                "rollouts": [
-                    {"outputIds": r.output_ids, "logprobs": r.logprobs, "versions": r.versions,
-                     "reward": r.reward, "finishReason": r.finish_reason}
-                    for r in members
-                ],
-            })
+            groups.append(
+                {
+                    "promptIndex": group.prompt_index,
+                    "answer": group.answer,
+                    "promptIds": members[0].prompt_ids,
+                    "rollouts": [
+                        {
+                            "outputIds": r.output_ids,
+                            "logprobs": r.logprobs,
+                            "versions": r.versions,
+                            "reward": r.reward,
+                            "finishReason": r.finish_reason,
+                        }
+                        for r in members
+                    ],
+                }
+            )
         batch = Batch(step=self.step, groups=groups)
         self.ready = []
         self.step += 1
@@ -340,7 +350,8 @@ class Scheduler:
 
     def desired_replicas(self, target_step_seconds: float, lo: int, hi: int, current: int) -> int:
         """Rollout replicas needed to generate Phi tokens within the target time at the measured per-replica
-        throughput, clamped to [lo, hi]; `current` (clamped) while nothing is measured yet."""
+        throughput, clamped to [lo, hi]; `current` (clamped) while nothing is measured yet.
+        """
         rates = [s.tokens_per_second for s in self.workers.values() if s.tokens_per_second and not s.draining]
         if not rates:
             return min(max(current, lo), hi)

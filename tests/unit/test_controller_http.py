@@ -1,0 +1,196 @@
+"""The controller's HTTP API with aiohttp's test client: auth, limits, bad input, the step loop, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from kuberl_workers.config import Limits
+from kuberl_workers.controller.http import make_app
+from kuberl_workers.controller.rewards import RewardFn, numeric
+from kuberl_workers.controller.service import Controller
+from kuberl_workers.tokenizer import ByteTokenizer
+from support import hostile_rewards
+from support.jobs import TOKEN, job_config
+
+Client = TestClient[web.Request, web.Application]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SPEC = dict(
+    task={
+        "dataset": {"builtin": "arithmetic"},
+        "reward": "numeric",
+        "promptsPerStep": 2,
+        "samplesPerPrompt": 2,
+        "maxNewTokens": 8,
+    },
+    c3po={"tokenBudget": 4, "retention": 1, "inferencePoolCapacity": 4, "chunkTokens": 8},
+    algorithm={"steps": 3},
+    checkpoint={"everySteps": 1, "keep": 2},
+)
+
+
+async def _client(tmp_path: Path, reward: RewardFn = numeric, limits: Limits | None = None) -> Client:
+    cfg = job_config(tmp_path / "ckpt", limits=limits or Limits(maxRequestBytes=4096, rewardTimeoutSeconds=1.0), **SPEC)
+    controller = Controller(cfg, tokenizer=ByteTokenizer(), reward=reward)
+    client = TestClient(TestServer(make_app(controller, TOKEN)))
+    await client.start_server()
+    return client
+
+
+@pytest_asyncio.fixture
+async def client(tmp_path: Path) -> AsyncIterator[Client]:
+    c = await _client(tmp_path)
+    yield c
+    await c.close()
+
+
+async def test_token_required_and_server_keeps_serving(client: Client) -> None:
+    assert (await client.get("/v1/status")).status == 401
+    assert (await client.get("/v1/status", headers={"Authorization": "Bearer wrong"})).status == 401
+    assert (await client.get("/v1/status", headers={"Authorization": TOKEN})).status == 401
+    assert (await client.get("/healthz")).status == 200
+    response = await client.get("/v1/status", headers=AUTH)
+    assert response.status == 200 and (await response.json())["step"] == 0
+
+
+async def test_oversized_and_malformed_bodies(client: Client) -> None:
+    big = await client.post("/v1/rollout/complete", data=b"x" * 10_000, headers=AUTH)
+    assert big.status == 413
+    bad_json = await client.post("/v1/rollout/lease", data=b"{nope", headers=AUTH)
+    assert bad_json.status == 400 and "not JSON" in (await bad_json.json())["error"]
+    wrong = await client.post("/v1/rollout/lease", json={"worker": "w", "maxRollouts": "3", "version": 0}, headers=AUTH)
+    assert wrong.status == 400
+    assert any(p.startswith("maxRollouts:") for p in (await wrong.json())["problems"])
+    nested = await client.post(
+        "/v1/rollout/complete",
+        json={
+            "worker": "w",
+            "results": [
+                {"leaseId": "1-1", "tokenIds": [1, -2], "logprobs": [0.0, 0.0], "finishReason": None, "version": 0}
+            ],
+        },
+        headers=AUTH,
+    )
+    assert nested.status == 400 and any(p.startswith("results.0.tokenIds.1") for p in (await nested.json())["problems"])
+    unknown = await client.post("/v1/rollout/drain", json={"worker": "w", "evil": True}, headers=AUTH)
+    assert unknown.status == 400
+    assert (await client.get("/v1/trainer/batch?step=-1", headers=AUTH)).status == 400
+    assert (await client.get("/v1/status", headers=AUTH)).status == 200  # still serving
+
+
+async def _generate_step(client: Client, worker: str = "r0") -> int:
+    """Lease and answer every chunk with a correct-length, stopping completion; return chunks completed."""
+    done = 0
+    first = (await (await client.get("/v1/status", headers=AUTH)).json())["step"]
+    for _ in range(50):
+        status = await (await client.get("/v1/status", headers=AUTH)).json()
+        reply = await client.post(
+            "/v1/rollout/lease",
+            json={"worker": worker, "maxRollouts": 8, "version": status["policyVersion"]},
+            headers=AUTH,
+        )
+        chunks = (await reply.json())["chunks"]
+        if not chunks:
+            if (await client.get(f"/v1/trainer/batch?step={first}", headers=AUTH)).status == 200:
+                return done
+            await asyncio.sleep(0.1)
+            continue
+        results = [
+            {
+                "leaseId": c["leaseId"],
+                "tokenIds": [52, 50],
+                "logprobs": [-0.5, -0.25],
+                "finishReason": "stop",
+                "version": c["version"],
+            }
+            for c in chunks
+        ]
+        reply = await client.post(
+            "/v1/rollout/complete", json={"worker": worker, "results": results, "seconds": 0.5}, headers=AUTH
+        )
+        assert reply.status == 200 and not (await reply.json())["rejected"]
+        done += len(chunks)
+    raise AssertionError("step never became ready")
+
+
+async def test_step_loop_over_http(client: Client, tmp_path: Path) -> None:
+    reg = await client.post("/v1/workers/register", json={"worker": "r0", "role": "rollout"}, headers=AUTH)
+    assert (await reg.json())["version"] == 0
+    stale = await client.post("/v1/rollout/lease", json={"worker": "r0", "maxRollouts": 1, "version": 5}, headers=AUTH)
+    assert stale.status == 409 and (await stale.json())["version"] == 0
+    assert await _generate_step(client) >= 2
+    batch = await (await client.get("/v1/trainer/batch?step=0", headers=AUTH)).json()
+    group = batch["groups"][0]
+    assert group["rollouts"][0]["outputIds"] == [52, 50] and group["rollouts"][0]["versions"] == [0, 0]
+    assert {r["reward"] for g in batch["groups"] for r in g["rollouts"]} <= {0.0, 1.0}
+    pub = await client.post(
+        "/v1/trainer/published",
+        json={"version": 1, "weightsUri": "file:///w/1", "checkpoint": True, "trainSeconds": 0.3},
+        headers=AUTH,
+    )
+    assert (await pub.json())["lastCheckpoint"].endswith("controller-00000001.json")
+    assert (tmp_path / "ckpt" / "controller-00000001.json").is_file()
+    demand = await (await client.get("/v1/demand", headers=AUTH)).json()
+    assert demand["tokenBudget"] == 4 and demand["desiredRolloutReplicas"] >= 1
+    assert demand["perReplicaTokensPerSecond"]["r0"] > 0
+    beat = await (
+        await client.post("/v1/workers/heartbeat", json={"worker": "r0", "role": "rollout", "version": 1}, headers=AUTH)
+    ).json()
+    assert beat == {"version": 1, "weightsUri": "file:///w/1", "drain": False, "complete": False}
+    metrics = await (await client.get("/metrics")).text()
+    for name in (
+        "kuberl_reward_bucket",
+        "kuberl_budget_fill",
+        "kuberl_rollout_tokens_per_second",
+        "kuberl_policy_versions_spanned_bucket",
+        "kuberl_step_phase_seconds_bucket",
+        "kuberl_leases_requeued_total",
+        "kuberl_rollouts_purged_total",
+        "kuberl_reward_failures_total",
+        "kuberl_workers_alive",
+        "kuberl_desired_rollout_replicas",
+    ):
+        assert name in metrics, name
+    assert 'job="job",namespace="default",role="controller"' in metrics
+    drain = await (await client.post("/v1/rollout/drain", json={"worker": "r0"}, headers=AUTH)).json()
+    assert drain == {"worker": "r0", "leases": 0, "drained": True}
+
+
+async def test_restart_restores_checkpointed_state(tmp_path: Path) -> None:
+    client = await _client(tmp_path)
+    await _generate_step(client)
+    await client.post(
+        "/v1/trainer/published", json={"version": 1, "weightsUri": "u1", "checkpoint": True}, headers=AUTH
+    )
+    before = await (await client.get("/v1/status", headers=AUTH)).json()
+    await client.close()
+    again = await _client(tmp_path)
+    try:
+        after = await (await again.get("/v1/status", headers=AUTH)).json()
+        assert (after["step"], after["policyVersion"], after["doneLog"]) == (before["step"], 1, before["doneLog"])
+        trainer = await again.post(
+            "/v1/workers/register", json={"worker": "t0", "role": "trainer", "step": 1}, headers=AUTH
+        )
+        assert (await trainer.json())["resumeStep"] == 1
+    finally:
+        await again.close()
+
+
+async def test_hanging_reward_does_not_stall_the_step(tmp_path: Path) -> None:
+    client = await _client(tmp_path, reward=hostile_rewards.hangs)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await _generate_step(client)
+        assert loop.time() - start < 20
+        batch = await (await client.get("/v1/trainer/batch?step=0", headers=AUTH)).json()
+        assert all(r["reward"] == 0.0 for g in batch["groups"] for r in g["rollouts"])
+        metrics = await (await client.get("/metrics")).text()
+        assert 'kuberl_reward_failures_total{job="job",kind="timeout",namespace="default",role="controller"}' in metrics
+    finally:
+        await client.close()

@@ -1,0 +1,265 @@
+"""The controller's HTTP API (docs/protocol.md): bearer-token auth, size limits, validated bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kuberl_workers.controller.service import Controller
+
+log = logging.getLogger(__name__)
+CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
+TICK_SECONDS = 0.2
+
+WorkerName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")]
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+Logprob = Annotated[float, Field(le=1e-3, ge=-1e4, allow_inf_nan=False)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RegisterRequest(_Body):
+    worker: WorkerName
+    role: Literal["rollout", "trainer"]
+    version: int = Field(0, ge=0)
+    step: int = Field(0, ge=0)
+    address: str = Field("", max_length=512)
+
+
+class HeartbeatRequest(_Body):
+    worker: WorkerName
+    role: Literal["rollout", "trainer"]
+    version: int = Field(0, ge=0)
+
+
+class LeaseRequest(_Body):
+    worker: WorkerName
+    maxRollouts: int = Field(ge=1, le=65536)
+    version: int = Field(ge=0)
+
+
+class ChunkResult(_Body):
+    leaseId: str = Field(min_length=1, max_length=64)
+    tokenIds: list[TokenId] = Field(max_length=131072)
+    logprobs: list[Logprob] = Field(max_length=131072)
+    finishReason: Literal["stop", "length"] | None
+    version: int = Field(ge=0)
+
+
+class CompleteRequest(_Body):
+    worker: WorkerName
+    results: list[ChunkResult] = Field(max_length=65536)
+    seconds: float = Field(0.0, ge=0.0, le=86400.0)
+
+
+class ReleaseRequest(_Body):
+    worker: WorkerName
+    leaseIds: list[Annotated[str, Field(max_length=64)]] = Field(max_length=65536)
+
+
+class DrainRequest(_Body):
+    worker: WorkerName
+
+
+class PublishedRequest(_Body):
+    version: int = Field(ge=1)
+    weightsUri: str = Field(max_length=4096)
+    checkpoint: bool = False
+    trainSeconds: float = Field(0.0, ge=0.0)
+
+
+B = TypeVar("B", bound=_Body)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def _parse(request: web.Request, model: type[B]) -> B:
+    """The validated body; 400 naming the field (413 comes from aiohttp's client_max_size)."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"body is not JSON: {error}"}), content_type="application/json"
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in error.errors()[:20]]
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "invalid request", "problems": problems}), content_type="application/json"
+        ) from None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _auth_middleware(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        controller = request.app[CONTROLLER]
+        if request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                controller.bad_requests += 1
+                return _error(401, "missing or wrong bearer token")
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            if 400 <= error.status < 500:
+                controller.bad_requests += 1
+            raise
+        except Exception:  # a bug must not take the controller down: log it, answer 500, keep serving
+            log.exception("error handling %s %s", request.method, request.path)
+            return _error(500, "internal error")
+
+    return middleware
+
+
+async def register(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, RegisterRequest)
+    c.seen(body.worker, body.role, body.version, body.address)
+    reply: dict[str, Any] = {
+        "version": c.scheduler.version,
+        "weightsUri": c.weights_uri,
+        "heartbeatSeconds": c.cfg.fault.heartbeatSeconds,
+        "leaseSeconds": c.cfg.fault.leaseSeconds,
+    }
+    if body.role == "trainer":
+        reply["resumeStep"] = c.trainer_resume_step(body.step)
+    return web.json_response(reply)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, HeartbeatRequest)
+    if body.role == "rollout":
+        c.note_version(body.worker, body.version)
+    else:
+        c.seen(body.worker, body.role, body.version)
+    draining = body.worker in c.scheduler.workers and c.scheduler.workers[body.worker].draining
+    return web.json_response(
+        {"version": c.scheduler.version, "weightsUri": c.weights_uri, "drain": draining, "complete": c.complete}
+    )
+
+
+async def lease(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, LeaseRequest)
+    c.note_version(body.worker, body.version)
+    if body.version != c.scheduler.version:
+        return _error(
+            409,
+            f"worker serves version {body.version}; load version {c.scheduler.version} first",
+            version=c.scheduler.version,
+            weightsUri=c.weights_uri,
+        )
+    return web.json_response({"chunks": c.lease(body.worker, body.maxRollouts), "complete": c.complete})
+
+
+async def complete(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, CompleteRequest)
+    c.seen(body.worker, "rollout")
+    try:
+        accepted, rejected = c.accept(body.worker, [r.model_dump() for r in body.results], body.seconds)
+    except ValueError as error:
+        return _error(400, f"results: {error}")
+    return web.json_response({"accepted": accepted, "rejected": rejected})
+
+
+async def release(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, ReleaseRequest)
+    c.seen(body.worker, "rollout")
+    return web.json_response({"released": [i for i in body.leaseIds if c.scheduler.release(body.worker, i)]})
+
+
+async def drain(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, DrainRequest)
+    held = c.scheduler.drain(body.worker)
+    return web.json_response({"worker": body.worker, "leases": held, "drained": held == 0})
+
+
+async def demand(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROLLER].demand())
+
+
+async def batch(request: web.Request) -> web.Response:
+    c = request.app[CONTROLLER]
+    raw = request.query.get("step", "")
+    if not raw.isdigit():
+        return _error(400, "query parameter step: expected a non-negative integer")
+    found = c.batch(int(raw))
+    if found is None:
+        if c.complete:
+            return _error(410, "the job is complete", complete=True)
+        return web.Response(status=204)
+    return web.json_response({"step": found.step, "groups": found.groups})
+
+
+async def published(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, PublishedRequest)
+    c.published(body.version, body.weightsUri, body.checkpoint, body.trainSeconds)
+    return web.json_response(
+        {"version": c.scheduler.version, "complete": c.complete, "lastCheckpoint": c.last_checkpoint}
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROLLER].status())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[CONTROLLER].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _ticker(app: web.Application) -> Any:
+    controller = app[CONTROLLER]
+
+    async def loop() -> None:
+        while True:
+            try:
+                controller.tick()
+            except Exception:
+                log.exception("controller tick failed")
+            await asyncio.sleep(TICK_SECONDS)
+
+    task = asyncio.get_running_loop().create_task(loop())
+    yield
+    task.cancel()
+    await controller.aclose()
+
+
+def make_app(controller: Controller, token: str) -> web.Application:
+    app = web.Application(client_max_size=controller.cfg.limits.maxRequestBytes, middlewares=[_auth_middleware(token)])
+    app[CONTROLLER] = controller
+    app.cleanup_ctx.append(_ticker)
+    app.router.add_post("/v1/workers/register", register)
+    app.router.add_post("/v1/workers/heartbeat", heartbeat)
+    app.router.add_post("/v1/rollout/lease", lease)
+    app.router.add_post("/v1/rollout/complete", complete)
+    app.router.add_post("/v1/rollout/release", release)
+    app.router.add_post("/v1/rollout/drain", drain)
+    app.router.add_get("/v1/demand", demand)
+    app.router.add_get("/v1/trainer/batch", batch)
+    app.router.add_post("/v1/trainer/published", published)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

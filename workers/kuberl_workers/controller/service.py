@@ -1,0 +1,266 @@
+"""The controller service: the scheduler plus rewards, worker liveness, trainer hand-off and checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kuberl_workers import checkpoint
+from kuberl_workers.config import WorkerConfig
+from kuberl_workers.controller.dataset import PromptSet
+from kuberl_workers.controller.metrics import ControllerMetrics
+from kuberl_workers.controller.rewards import REGISTRY, RewardFn, RewardPool
+from kuberl_workers.controller.scheduler import Batch, Scheduler, SchedulerConfig
+from kuberl_workers.controller.state import Rollout
+from kuberl_workers.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+CHECKPOINT_PREFIX = "controller"
+
+
+@dataclass
+class Peer:
+    role: str
+    last_seen: float
+    version: int = 0
+    address: str = ""
+
+
+class Controller:
+    """One per job. Every method is called from the event loop; none blocks on I/O except checkpoint writes."""
+
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        tokenizer: Tokenizer | None = None,
+        reward: RewardFn | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.tokenizer = tokenizer or load_tokenizer(cfg.model)
+        self.prompts = PromptSet(cfg.task, self.tokenizer, cfg.seed)
+        self.reward_fn = reward or REGISTRY[cfg.task.reward]
+        self.rewards = RewardPool(cfg.limits.rewardProcesses, cfg.limits.rewardTimeoutSeconds)
+        self.metrics = ControllerMetrics(cfg.job, cfg.namespace)
+        self.sched_cfg = SchedulerConfig(
+            token_budget=cfg.c3po.tokenBudget,
+            retention=cfg.c3po.retention,
+            pool_capacity=cfg.c3po.inferencePoolCapacity,
+            chunk_tokens=cfg.c3po.chunkTokens,
+            group_size=cfg.task.samplesPerPrompt,
+            prompts_per_step=cfg.task.promptsPerStep,
+            max_new_tokens=cfg.task.maxNewTokens,
+            lease_seconds=cfg.fault.leaseSeconds,
+            seed=cfg.seed,
+        )
+        self.checkpoint_dir = Path(cfg.checkpoint.dir)
+        self.scheduler = self._restore() or Scheduler(self.sched_cfg, self.prompts)
+        self.peers: dict[str, Peer] = {}
+        self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
+        self.weights_uri = ""
+        self.last_checkpoint = ""
+        self.last_reward_mean = 0.0
+        self.zero_advantage_groups = 0
+        self.bad_requests = 0
+        self._pending_rewards: set[asyncio.Task[None]] = set()
+        self._step_started = clock()
+        self._batch_taken: float | None = None
+        self._published_at: float | None = None
+        self.metrics.attach(self)
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+
+    def _restore(self, max_step: int | None = None) -> Scheduler | None:
+        found = checkpoint.latest_good_json(self.checkpoint_dir, CHECKPOINT_PREFIX, max_step)
+        if found is None:
+            return None
+        step, state = found
+        log.info("restored controller state of step %d from %s", step, self.checkpoint_dir)
+        self.weights_uri = state.get("weightsUri", "")
+        return Scheduler.restore(self.sched_cfg, self.prompts, state["scheduler"])
+
+    def write_checkpoint(self) -> Path:
+        path = checkpoint.step_path(self.checkpoint_dir, CHECKPOINT_PREFIX, self.scheduler.step)
+        checkpoint.write_json(path, {"scheduler": self.scheduler.state(), "weightsUri": self.weights_uri})
+        checkpoint.prune(self.checkpoint_dir, CHECKPOINT_PREFIX, self.cfg.checkpoint.keep)
+        self.last_checkpoint = str(path)
+        return path
+
+    # --- peers -----------------------------------------------------------------------------------------
+
+    def seen(self, worker: str, role: str, version: int | None = None, address: str = "") -> Peer:
+        peer = self.peers.setdefault(worker, Peer(role=role, last_seen=self.clock()))
+        peer.last_seen = self.clock()
+        if version is not None:
+            peer.version = version
+        if address:
+            peer.address = address
+        return peer
+
+    def alive(self, role: str) -> int:
+        return sum(1 for p in self.peers.values() if p.role == role)
+
+    def reap(self) -> list[str]:
+        """Declare workers dead after missed heartbeats; their leases return to the queue."""
+        limit = self.cfg.fault.heartbeatSeconds * self.cfg.fault.missedHeartbeats
+        now = self.clock()
+        dead = [w for w, p in self.peers.items() if now - p.last_seen > limit]
+        for worker in dead:
+            returned = self.scheduler.worker_lost(worker)
+            log.warning("worker %s missed its heartbeats; %d leases requeued", worker, returned)
+            del self.peers[worker]
+        return dead
+
+    # --- rollouts --------------------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return self.scheduler.version >= self.cfg.algorithm.steps
+
+    def lease(self, worker: str, max_rollouts: int) -> list[dict[str, Any]]:
+        if self.complete:
+            return []
+        return [c.to_json() for c in self.scheduler.lease(worker, max_rollouts, self.clock())]
+
+    def accept(self, worker: str, results: list[dict[str, Any]], seconds: float) -> tuple[list[str], list[str]]:
+        """Apply chunk results; (accepted lease ids, rejected lease ids). Finished rollouts get scored."""
+        accepted, rejected, tokens = [], [], 0
+        for result in results:
+            rollout = self.scheduler.complete(
+                worker,
+                result["leaseId"],
+                result["tokenIds"],
+                result["logprobs"],
+                result["finishReason"],
+                result["version"],
+            )
+            if rollout is None:
+                rejected.append(result["leaseId"])
+                continue
+            accepted.append(result["leaseId"])
+            tokens += len(result["tokenIds"])
+            if rollout.finished:
+                self._score(rollout)
+        self.scheduler.record_throughput(worker, tokens, seconds)
+        return accepted, rejected
+
+    def _score(self, rollout: Rollout) -> None:
+        group = self.scheduler.groups[rollout.group]
+        text = self.tokenizer.decode(rollout.output_ids)
+
+        async def run() -> None:
+            reward, _ = await self.rewards.score(self.reward_fn, text, group.answer)
+            self.metrics.reward.observe(reward)
+            self.metrics.versions_spanned.observe(len(set(rollout.versions)) or 1)
+            self.scheduler.rewarded(rollout.id, reward)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._pending_rewards.add(task)
+        task.add_done_callback(self._pending_rewards.discard)
+
+    def pool_tokens_per_second(self) -> float:
+        return sum(s.tokens_per_second or 0.0 for s in self.scheduler.workers.values())
+
+    def desired_replicas(self) -> int:
+        scale = self.cfg.scale
+        return self.scheduler.desired_replicas(
+            scale.targetStepSeconds, scale.rolloutMinReplicas, scale.rolloutMaxReplicas, max(self.alive("rollout"), 1)
+        )
+
+    def demand(self) -> dict[str, Any]:
+        s = self.scheduler
+        return {
+            "tokenBudget": s.cfg.token_budget,
+            "tokensThisStep": s.budget_used,
+            "budgetFill": s.budget_fill(),
+            "inFlight": len(s.in_flight()),
+            "rolloutReplicas": self.alive("rollout"),
+            "perReplicaTokensPerSecond": {w: st.tokens_per_second for w, st in sorted(s.workers.items())},
+            "desiredRolloutReplicas": self.desired_replicas(),
+            "targetStepSeconds": self.cfg.scale.targetStepSeconds,
+        }
+
+    # --- trainers --------------------------------------------------------------------------------------
+
+    def tick(self) -> Batch | None:
+        """Periodic work: expire leases, reap dead workers, close the step when ready."""
+        self.scheduler.expire(self.clock())
+        self.reap()
+        if self.complete or not self.scheduler.step_ready():
+            return None
+        batch = self.scheduler.close_step()
+        now = self.clock()
+        self.metrics.observe_phase("rollout_wait", now - self._step_started)
+        rewards = [r["reward"] for g in batch.groups for r in g["rollouts"]]
+        self.last_reward_mean = statistics.fmean(rewards) if rewards else 0.0
+        self.zero_advantage_groups += sum(1 for g in batch.groups if len({r["reward"] for r in g["rollouts"]}) == 1)
+        self.replay[batch.step] = batch
+        return batch
+
+    def batch(self, step: int) -> Batch | None:
+        """The batch of `step` if it is closed (or kept for replay); None while it is still being generated."""
+        if step in self.replay:
+            if self._batch_taken is None:
+                self._batch_taken = self.clock()
+            return self.replay[step]
+        return None
+
+    def trainer_resume_step(self, trainer_step: int) -> int:
+        """The step a (re)starting trainer gang must resume from, rewinding the controller if needed."""
+        if trainer_step >= self.scheduler.step or all(
+            s in self.replay for s in range(trainer_step, self.scheduler.step)
+        ):
+            return min(trainer_step, self.scheduler.step)
+        rewound = self._restore(max_step=trainer_step)
+        if rewound is not None:
+            self.scheduler = rewound
+            self.replay.clear()
+        return self.scheduler.step
+
+    def published(self, version: int, weights_uri: str, checkpointed: bool, train_seconds: float) -> None:
+        now = self.clock()
+        if train_seconds:
+            self.metrics.observe_phase("train", train_seconds)
+        self.weights_uri = weights_uri
+        self.scheduler.weights_published(version)
+        self._published_at = now
+        self._step_started = now
+        self._batch_taken = None
+        if checkpointed:  # the gang can only fall back to this checkpoint now: older batches need no replay
+            self.replay.clear()
+            self.write_checkpoint()
+
+    def note_version(self, worker: str, version: int) -> None:
+        """A rollout worker reports the version it serves: the weight sync is done when all serve the newest."""
+        self.seen(worker, "rollout", version)
+        if self._published_at is not None and all(
+            p.version >= self.scheduler.version for p in self.peers.values() if p.role == "rollout"
+        ):
+            self.metrics.observe_phase("weight_sync", self.clock() - self._published_at)
+            self._published_at = None
+
+    def status(self) -> dict[str, Any]:
+        s = self.scheduler
+        return {
+            "step": s.step,
+            "policyVersion": s.version,
+            "steps": self.cfg.algorithm.steps,
+            "complete": self.complete,
+            "budgetFill": s.budget_fill(),
+            "tokensPerSecond": self.pool_tokens_per_second(),
+            "lastCheckpoint": self.last_checkpoint,
+            "rewardMean": self.last_reward_mean,
+            "workers": {w: {"role": p.role, "version": p.version} for w, p in sorted(self.peers.items())},
+            "doneLog": len(s.done),
+        }
+
+    async def aclose(self) -> None:
+        for task in list(self._pending_rewards):
+            task.cancel()
+        self.rewards.close()
