@@ -1,0 +1,1 @@
+"""Models kuberl builds itself (no download)."""

@@ -1,0 +1,92 @@
+"""The built-in `tiny` model: a small Llama-architecture causal LM with a byte-level tokenizer, built locally.
+
+Deterministic for a seed: every process that builds it gets the same weights and the same tokenizer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+VOCAB_SIZE = 259  # 256 bytes + BOS, EOS, PAD
+BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (the ByteLevel pre-tokenizer's alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+def build_tokenizer(directory: Path) -> None:
+    """A byte-level BPE tokenizer without merges: token id b is byte b, then BOS, EOS, PAD."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+    vocab.update({BOS: BOS_ID, EOS: EOS_ID, PAD: PAD_ID})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([BOS, EOS, PAD])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    fast.save_pretrained(str(directory))
+
+
+def build_model(directory: Path, seed: int, hidden: int = 128, layers: int = 2) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(str(directory))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KUBERL_CACHE", Path.home() / ".cache" / "kuberl"))
+
+
+def ensure_tiny(seed: int = 0, root: Path | None = None) -> Path:
+    """The tiny model's directory, built once per seed (under a file lock, so concurrent processes agree)."""
+    root = root or cache_dir()
+    target = root / f"tiny-v1-seed{seed}"
+    if (target / "model.safetensors").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / f".tiny-seed{seed}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "model.safetensors").is_file():
+            staging = root / f".tiny-seed{seed}.staging-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            build_tokenizer(staging)
+            build_model(staging, seed)
+            staging.rename(target)
+    return target
