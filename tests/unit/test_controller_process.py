@@ -36,10 +36,15 @@ def test_controller_process_serves_and_stops(tmp_path: Path) -> None:
     cfg = job_config(tmp_path / "ckpt").model_copy(update={"ports": Ports(controller=port)})
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
     (tmp_path / "token").write_text(TOKEN + "\n")
-    env = {**os.environ, ENV_CONFIG: str(tmp_path / "config.json"), ENV_TOKEN_FILE: str(tmp_path / "token"),
-           ENV_POD_IP: "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kuberl_workers.controller"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        ENV_CONFIG: str(tmp_path / "config.json"),
+        ENV_TOKEN_FILE: str(tmp_path / "token"),
+        ENV_POD_IP: "127.0.0.1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kuberl_workers.controller"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

@@ -30,8 +30,9 @@ def test_hand_computed_loss_and_gradient() -> None:
     # token 0: k = 1; token 1: k = 0.5/0.2 = 2.5 (inside, weighted 2.5); token 2: k = 0.5/0.05 = 10 (dropped)
     logp_infer = torch.log(torch.tensor([[0.5, 0.2, 0.05]]))
     logp_new = logp_old.clone().requires_grad_(True)
-    loss, stats = icepop_grpo_loss(logp_new, logp_old, logp_infer, torch.tensor([1.0]), torch.ones(1, 3),
-                                   alpha=0.5, beta=5.0, clip_eps=0.2)
+    loss, stats = icepop_grpo_loss(
+        logp_new, logp_old, logp_infer, torch.tensor([1.0]), torch.ones(1, 3), alpha=0.5, beta=5.0, clip_eps=0.2
+    )
     assert loss.item() == pytest.approx(-(1.0 + 2.5 + 0.0) / 3)
     loss.backward()
     assert logp_new.grad is not None
@@ -49,8 +50,9 @@ def test_disabled_equals_plain_clipped_grpo() -> None:
     adv = torch.tensor([1.0, -0.5, 0.3, -0.8])
     mask = torch.ones(4, 6)
     mask[1, 4:] = 0
-    loss, _ = icepop_grpo_loss(logp_new, logp_old, logp_infer, adv, mask, alpha=0.5, beta=5.0, clip_eps=0.2,
-                               enabled=False)
+    loss, _ = icepop_grpo_loss(
+        logp_new, logp_old, logp_infer, adv, mask, alpha=0.5, beta=5.0, clip_eps=0.2, enabled=False
+    )
     ratio = torch.exp(logp_new - logp_old)
     plain = torch.minimum(ratio * adv[:, None], ratio.clamp(0.8, 1.2) * adv[:, None]) * mask
     expected = -(plain.sum(1) / mask.sum(1)).mean()
@@ -61,8 +63,7 @@ def test_equal_rewards_contribute_nothing() -> None:
     logp_old = -torch.rand(3, 5)
     logp_new = logp_old.clone().requires_grad_(True)
     adv = group_advantages(torch.tensor([1.0, 1.0, 1.0]))
-    loss, _ = icepop_grpo_loss(logp_new, logp_old, logp_old, adv, torch.ones(3, 5), alpha=0.5, beta=5.0,
-                               clip_eps=0.2)
+    loss, _ = icepop_grpo_loss(logp_new, logp_old, logp_old, adv, torch.ones(3, 5), alpha=0.5, beta=5.0, clip_eps=0.2)
     loss.backward()
     assert loss.item() == 0.0 and logp_new.grad is not None and not torch.isnan(logp_new.grad).any()
     assert torch.count_nonzero(logp_new.grad) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import spawn
 from transformers import LlamaForCausalLM
 
 from kuberl_workers import checkpoint
@@ -24,8 +24,17 @@ from kuberl_workers.trainer.step import (
 )
 from support.batches import synthetic_batch
 
-ALGO = AlgorithmConfig(icepopEnabled=True, icepopAlpha=0.5, icepopBeta=5.0, clipEpsilon=0.2, klCoef=0.0,
-                       learningRate=1e-3, weightDecay=0.01, maxGradNorm=1.0, steps=10)
+ALGO = AlgorithmConfig(
+    icepopEnabled=True,
+    icepopAlpha=0.5,
+    icepopBeta=5.0,
+    clipEpsilon=0.2,
+    klCoef=0.0,
+    learningRate=1e-3,
+    weightDecay=0.01,
+    maxGradNorm=1.0,
+    steps=10,
+)
 
 
 def _model(directory: Path) -> LlamaForCausalLM:
@@ -94,8 +103,16 @@ def _rank(rank: int, world: int, port: int, directory: str, out: str) -> None:
         model = torch.nn.parallel.DistributedDataParallel(_model(Path(directory)))
         opt = make_optimizer(model, ALGO)
         for step in range(2):
-            train_step(model, opt, synthetic_batch(step, groups=3), ALGO, temperature=1.0, pad_id=PAD_ID,
-                       rank=rank, world=world)
+            train_step(
+                model,
+                opt,
+                synthetic_batch(step, groups=3),
+                ALGO,
+                temperature=1.0,
+                pad_id=PAD_ID,
+                rank=rank,
+                world=world,
+            )
         if rank == 0:
             torch.save(model.module.state_dict(), out)
     finally:
@@ -112,7 +129,7 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "two.pt"
-    mp.spawn(_rank, args=(2, port, str(directory), str(out)), nprocs=2, join=True)
+    spawn(_rank, args=(2, port, str(directory), str(out)), nprocs=2, join=True)
     two = torch.load(out, weights_only=True)
     for key, value in single.state_dict().items():
         assert torch.allclose(value, two[key], atol=2e-5, rtol=1e-4), (key, (value - two[key]).abs().max())

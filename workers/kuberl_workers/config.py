@@ -27,6 +27,8 @@ ENV_POD_IP: Final = "POD_IP"
 """The address this process listens on (downward API in a pod; 127.0.0.x locally)."""
 ENV_WORKER_ID: Final = "KUBERL_WORKER_ID"
 """Stable worker name (the pod name), used for leases and heartbeats."""
+ENV_TRAINER_MASTER: Final = "KUBERL_TRAINER_MASTER"
+"""Host of trainer rank 0, the torch.distributed rendezvous (a headless Service name in a cluster)."""
 
 Role = Literal["controller", "trainer", "rollout"]
 ROLES: Final = ("controller", "trainer", "rollout")
@@ -95,6 +97,9 @@ class CheckpointConfig(_Contract):
     dir: str
     everySteps: int
     keep: int
+    # True when every role sees `dir` (a shared volume, or one machine): weights are published as files there.
+    # False: the trainer's rank 0 serves them over HTTP and rollout workers download them.
+    shared: bool = True
 
 
 class Ports(_Contract):
@@ -108,6 +113,8 @@ class Limits(_Contract):
     maxRequestBytes: int = Field(64 * 1024 * 1024, ge=1024)
     rewardTimeoutSeconds: float = Field(5.0, gt=0)
     rewardProcesses: int = Field(2, ge=1)
+    rolloutBatch: int = Field(256, ge=1)
+    """Most chunks a rollout worker leases (and generates) at once."""
 
 
 class WorkerConfig(_Contract):

@@ -17,7 +17,9 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """Bytes as tokens (ids 0-255) plus BOS 256, EOS 257 and PAD 258: the built-in tiny model's vocabulary."""
+    """Bytes as tokens (ids 0-255) plus BOS 256, EOS 257 and PAD 258: the tiny model's vocabulary without
+    reading its files (for tests that need no model).
+    """
 
     vocab_size = 259
     bos_id, eos_id, pad_id = 256, 257, 258
@@ -49,9 +51,8 @@ class HFTokenizer:
         return str(self._tok.decode(ids, skip_special_tokens=True))
 
 
-def load_tokenizer(model: ModelConfig) -> Tokenizer:
-    if model.path:
-        return HFTokenizer(model.path)
-    if model.builtin == "tiny":
-        return ByteTokenizer()
-    raise ValueError(f"model: no tokenizer for builtin {model.builtin!r}")
+def load_tokenizer(model: ModelConfig, seed: int = 0) -> Tokenizer:
+    """The job model's own tokenizer (the built-in tiny model's is byte-level, ids 0-255 being bytes)."""
+    from kuberl_workers.models import model_dir
+
+    return HFTokenizer(model_dir(model, seed))

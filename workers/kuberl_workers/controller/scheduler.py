@@ -148,15 +148,27 @@ class Scheduler:
         rates = {w: s.tokens_per_second or default for w, s in active.items()}
         return max(1, math.ceil(self.cfg.pool_capacity * rates[worker] / sum(rates.values())))
 
+    def _closing(self) -> bool:
+        """sigma > 0 and the budget is met with a whole group finished: generation stops for this step (the
+        paper's `while C < Phi`), and the step closes as soon as that group's rewards are in.
+        """
+        if self.cfg.retention == 0 or not self._budget_met():
+            return False
+        return any(all(self.rollouts[i].finished for i in g.rollouts) for g in self.groups.values())
+
     def lease(self, worker: str, max_rollouts: int, now: float) -> list[ChunkRequest]:
-        """Hand `worker` up to `max_rollouts` chunks (none while draining or while new weights are awaited)."""
+        """Hand `worker` up to `max_rollouts` chunks (none while draining, while the step is closing, or while
+        new weights are awaited).
+        """
         state = self.workers.setdefault(worker, WorkerState())
-        if state.draining or self.awaiting_weights or max_rollouts <= 0:
+        if state.draining or self.awaiting_weights or max_rollouts <= 0 or self._closing():
             return []
         held = sum(1 for r in self.rollouts.values() if r.lease and r.lease.worker == worker)
         room = min(max_rollouts, self._quota(worker) - held)
         out: list[ChunkRequest] = []
-        for rollout in sorted(self.in_flight(), key=lambda r: r.id):
+        # least-advanced first, then oldest: every rollout in P advances a chunk per round, as in the paper's
+        # "generate for every rollout in P in parallel", even when engines take fewer than Omega at once
+        for rollout in sorted(self.in_flight(), key=lambda r: (r.chunks, r.id)):
             if len(out) >= room:
                 break
             if rollout.lease is not None:

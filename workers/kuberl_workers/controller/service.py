@@ -43,7 +43,7 @@ class Controller:
     ) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.tokenizer = tokenizer or load_tokenizer(cfg.model)
+        self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.seed)
         self.prompts = PromptSet(cfg.task, self.tokenizer, cfg.seed)
         self.reward_fn = reward or REGISTRY[cfg.task.reward]
         self.rewards = RewardPool(cfg.limits.rewardProcesses, cfg.limits.rewardTimeoutSeconds)

@@ -61,7 +61,7 @@ def build_model(directory: Path, seed: int, hidden: int = 128, layers: int = 2) 
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -51,8 +51,17 @@ def iter_safetensors(path: Path) -> Iterator[tuple[str, Any]]:
 class Engine:
     """One vLLM `LLM` for the life of the process; `load_weights` swaps parameters without a restart."""
 
-    def __init__(self, model_dir: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int = 512,
-                 temperature: float = 1.0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int = 512,
+        temperature: float = 1.0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+    ) -> None:
         gpu = _on_gpu()
         if not gpu:
             for key, value in CPU_DEFAULTS.items():
@@ -63,7 +72,7 @@ class Engine:
         self.version = 0
         self.weight_load_seconds = 0.0
         self.weight_load_bytes = 0
-        resolved = dtype if dtype != "auto" else ("bfloat16" if gpu else "float32")
+        resolved: Any = dtype if dtype != "auto" else ("bfloat16" if gpu else "float32")
         self.llm = LLM(
             model=model_dir,
             dtype=resolved,
@@ -83,8 +92,9 @@ class Engine:
 
         prompts = [TokensPrompt(prompt_token_ids=c.prompt_ids + c.output_ids) for c in chunks]
         params = [
-            SamplingParams(max_tokens=c.max_tokens, temperature=self.temperature, seed=c.seed, logprobs=0,
-                           detokenize=False)
+            SamplingParams(
+                max_tokens=c.max_tokens, temperature=self.temperature, seed=c.seed, logprobs=0, detokenize=False
+            )
             for c in chunks
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -92,7 +102,10 @@ class Engine:
         for out in outputs:
             completion = out.outputs[0]
             ids = list(completion.token_ids)
-            logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs or [], ids, strict=True)]
+            steps = completion.logprobs or []
+            if len(steps) != len(ids) or not all(steps):
+                raise RuntimeError(f"engine returned {len(steps)} logprobs for {len(ids)} tokens")
+            logprobs = [float(step[token].logprob) for step, token in zip(steps, ids, strict=True) if step]
             results.append(Generated(ids, logprobs, completion.finish_reason == "stop"))
         return results
 

@@ -92,12 +92,19 @@ def train_step(
     # The loss is normalised by the global sequence count and scaled by world size, because DDP averages
     # gradients over ranks: the result equals the single-rank gradient of the whole batch.
     loss, stats = icepop_grpo_loss(
-        logp_new, logp_old, t["infer"], t["advantages"], t["mask"],
-        alpha=algo.icepopAlpha, beta=algo.icepopBeta, clip_eps=algo.clipEpsilon, enabled=algo.icepopEnabled,
+        logp_new,
+        logp_old,
+        t["infer"],
+        t["advantages"],
+        t["mask"],
+        alpha=algo.icepopAlpha,
+        beta=algo.icepopBeta,
+        clip_eps=algo.clipEpsilon,
+        enabled=algo.icepopEnabled,
         normaliser=total_sequences / world,
     )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     if world > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
         for param in model.parameters():
             if param.grad is not None:
@@ -112,20 +119,29 @@ def train_step(
         kl_old = float((logp_old - after)[valid].mean()) if valid.any() else 0.0
     rewards = [float(r["reward"]) for g in groups for r in g["rollouts"]]
     return StepStats(
-        step=int(batch["step"]), loss=float(loss.detach()) * world, grad_norm=grad_norm,
-        masked_fraction=stats.masked_fraction, mean_abs_logp_diff=stats.mean_abs_logp_diff,
-        max_abs_logp_diff=stats.max_abs_logp_diff, clipped_fraction=stats.clipped_fraction, kl_old=kl_old,
-        reward_mean=sum(rewards) / max(len(rewards), 1), sequences=sum(len(g["rollouts"]) for g in local),
-        tokens=stats.tokens, train_seconds=time.perf_counter() - start,
+        step=int(batch["step"]),
+        loss=float(loss.detach()) * world,
+        grad_norm=grad_norm,
+        masked_fraction=stats.masked_fraction,
+        mean_abs_logp_diff=stats.mean_abs_logp_diff,
+        max_abs_logp_diff=stats.max_abs_logp_diff,
+        clipped_fraction=stats.clipped_fraction,
+        kl_old=kl_old,
+        reward_mean=sum(rewards) / max(len(rewards), 1),
+        sequences=sum(len(g["rollouts"]) for g in local),
+        tokens=stats.tokens,
+        train_seconds=time.perf_counter() - start,
     )
 
 
 def make_optimizer(model: nn.Module, algo: AlgorithmConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=algo.learningRate, betas=(0.9, 0.999),
-                             weight_decay=algo.weightDecay)
+    return torch.optim.AdamW(
+        model.parameters(), lr=algo.learningRate, betas=(0.9, 0.999), weight_decay=algo.weightDecay
+    )
 
 
 # --- checkpoints and published weights ----------------------------------------------------------------------
+
 
 def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
     """Model + optimizer + step, atomic and checksummed; the newest `keep` are kept."""
@@ -137,8 +153,9 @@ def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: tor
     return path
 
 
-def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    max_step: int | None = None) -> int:
+def load_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, max_step: int | None = None
+) -> int:
     """Restore the newest good checkpoint at or below `max_step`; returns its step (0 when there is none)."""
     for step, path in checkpoint.candidates(directory, TRAINER_PREFIX, ".pt"):
         if max_step is not None and step > max_step:

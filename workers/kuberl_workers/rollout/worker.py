@@ -1,0 +1,205 @@
+"""The rollout worker's loop: register, lease, generate, complete; heartbeat; follow the policy version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from kuberl_workers.config import WorkerConfig
+from kuberl_workers.models import model_dir
+from kuberl_workers.rollout.engine import Chunk, Engine
+
+log = logging.getLogger(__name__)
+IDLE_SECONDS = 0.2
+MAX_ENGINE_FAILURES = 5
+
+
+class RolloutWorker:
+    def __init__(self, cfg: WorkerConfig, controller_url: str, token: str, name: str, host: str) -> None:
+        self.cfg, self.name, self.host = cfg, name, host
+        self.url = controller_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.engine: Engine | None = None
+        self.version = 0
+        self.draining = False
+        self.done = False
+        self.registry = CollectorRegistry()
+        labels = {"job": cfg.job, "namespace": cfg.namespace, "role": "rollout"}
+        names = list(labels)
+
+        def gauge(metric: str, doc: str) -> Any:
+            return Gauge(metric, doc, names, registry=self.registry).labels(**labels)
+
+        self.m_tps = gauge("kuberl_rollout_worker_tokens_per_second", "Tokens per second of the last batch")
+        self.m_batch = gauge("kuberl_rollout_batch_size", "Chunks in the last generate call")
+        self.m_version = gauge("kuberl_rollout_policy_version", "Policy version this engine serves")
+        self.m_load_seconds = gauge("kuberl_rollout_weight_load_seconds", "Seconds the last weight load took")
+        self.m_load_bytes = gauge("kuberl_rollout_weight_load_bytes", "Bytes of the last weight load")
+        self.m_errors = Counter(
+            "kuberl_rollout_engine_errors", "Generate calls that failed", names, registry=self.registry
+        ).labels(**labels)
+
+    # --- HTTP to the controller --------------------------------------------------------------------------
+
+    async def _post(self, session: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        for attempt in range(120):
+            try:
+                async with session.post(f"{self.url}{path}", json=body, headers=self.headers) as response:
+                    data = await response.json() if response.content_type == "application/json" else None
+                    if response.status >= 400 and response.status not in (409, 410):
+                        raise RuntimeError(f"{path}: controller answered {response.status}: {data}")
+                    return response.status, data
+            except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                if attempt == 119:
+                    raise
+                log.info("controller unreachable (%s); retrying", error)
+                await asyncio.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    async def _heartbeats(self, session: aiohttp.ClientSession) -> None:
+        while not self.done:
+            _, reply = await self._post(
+                session, "/v1/workers/heartbeat", {"worker": self.name, "role": "rollout", "version": self.version}
+            )
+            self.draining = bool(reply["drain"])
+            self.done = self.done or bool(reply["complete"])
+            await asyncio.sleep(self.cfg.fault.heartbeatSeconds)
+
+    # --- weights -----------------------------------------------------------------------------------------
+
+    async def _load(self, session: aiohttp.ClientSession, version: int, uri: str) -> None:
+        assert self.engine is not None
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            path = Path(parsed.path)
+            await asyncio.to_thread(self.engine.load_weights, path, version)
+        else:
+            with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
+                target = Path(tmp) / "model.safetensors"
+                async with session.get(uri, headers=self.headers) as response:
+                    response.raise_for_status()
+                    with target.open("wb") as handle:
+                        async for block in response.content.iter_chunked(1 << 20):
+                            handle.write(block)
+                await asyncio.to_thread(self.engine.load_weights, target, version)
+        self.version = version
+        self.m_version.set(version)
+        self.m_load_seconds.set(self.engine.weight_load_seconds)
+        self.m_load_bytes.set(self.engine.weight_load_bytes)
+        log.info(
+            "loaded weights v%d in %.2fs (%d bytes)",
+            version,
+            self.engine.weight_load_seconds,
+            self.engine.weight_load_bytes,
+        )
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    async def _serve_health(self) -> web.AppRunner:
+        app = web.Application()
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"ok": self.engine is not None, "version": self.version})
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self.cfg.ports.rollout).start()
+        return runner
+
+    async def run(self) -> int:
+        runner = await self._serve_health()
+        task = self.cfg.task
+        self.engine = await asyncio.to_thread(
+            Engine,
+            model_dir(self.cfg.model, self.cfg.seed),
+            dtype=self.cfg.model.dtype,
+            seed=self.cfg.seed,
+            max_model_len=task.maxPromptTokens + task.maxNewTokens + 1,
+            temperature=task.temperature,
+            tensor_parallel_size=self.cfg.scale.tensorParallelSize,
+            gpu_memory_utilization=self.cfg.scale.gpuMemoryUtilization,
+        )
+        failures = 0
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+                _, reply = await self._post(
+                    session, "/v1/workers/register", {"worker": self.name, "role": "rollout", "address": self.host}
+                )
+                if reply["version"] > 0:
+                    await self._load(session, reply["version"], reply["weightsUri"])
+                beats = asyncio.create_task(self._heartbeats(session))
+                while not self.done:
+                    if self.draining:
+                        log.info("drained; stopping")
+                        break
+                    status, reply = await self._post(
+                        session,
+                        "/v1/rollout/lease",
+                        {
+                            "worker": self.name,
+                            "maxRollouts": self.cfg.limits.rolloutBatch,
+                            "version": self.version,
+                        },
+                    )
+                    if status == 409:
+                        await self._load(session, reply["version"], reply["weightsUri"])
+                        continue
+                    self.done = bool(reply["complete"])
+                    chunks = reply["chunks"]
+                    if not chunks:
+                        await asyncio.sleep(IDLE_SECONDS)
+                        continue
+                    start = time.perf_counter()
+                    try:
+                        generated = await asyncio.to_thread(
+                            self.engine.generate,
+                            [Chunk(c["promptIds"], c["outputIds"], c["maxTokens"], c["seed"]) for c in chunks],
+                        )
+                    except Exception:
+                        failures += 1
+                        self.m_errors.inc()
+                        log.exception("generate failed (%d in a row); releasing %d leases", failures, len(chunks))
+                        await self._post(
+                            session,
+                            "/v1/rollout/release",
+                            {"worker": self.name, "leaseIds": [c["leaseId"] for c in chunks]},
+                        )
+                        if failures >= MAX_ENGINE_FAILURES:
+                            return 1
+                        continue
+                    failures = 0
+                    seconds = time.perf_counter() - start
+                    tokens = sum(len(g.token_ids) for g in generated)
+                    self.m_tps.set(tokens / seconds if seconds > 0 else 0.0)
+                    self.m_batch.set(len(chunks))
+                    results = [
+                        {
+                            "leaseId": c["leaseId"],
+                            "tokenIds": g.token_ids,
+                            "logprobs": g.logprobs,
+                            "finishReason": "stop" if g.stopped else None,
+                            "version": c["version"],
+                        }
+                        for c, g in zip(chunks, generated, strict=True)
+                    ]
+                    await self._post(
+                        session, "/v1/rollout/complete", {"worker": self.name, "results": results, "seconds": seconds}
+                    )
+                beats.cancel()
+        finally:
+            await runner.cleanup()
+        return 0

@@ -1,0 +1,182 @@
+"""`python -m kuberl_workers.trainer`: one rank of the trainer gang (rank = $KUBERL_INDEX)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from kuberl_workers.config import (
+    ENV_CONTROLLER_URL,
+    ENV_INDEX,
+    ENV_POD_IP,
+    ENV_TRAINER_MASTER,
+    ENV_WORKER_ID,
+    load_config,
+    read_token,
+)
+
+log = logging.getLogger("kuberl.trainer")
+POLL_SECONDS = 0.2
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s trainer %(name)s: %(message)s")
+    import torch
+    import torch.distributed as dist
+    from prometheus_client import CollectorRegistry, Gauge, Histogram
+    from transformers import AutoModelForCausalLM
+
+    from kuberl_workers.client import ControllerClient
+    from kuberl_workers.models import model_dir
+    from kuberl_workers.trainer.server import serve
+    from kuberl_workers.trainer.step import (
+        load_checkpoint,
+        make_optimizer,
+        publish_weights,
+        save_checkpoint,
+        train_step,
+    )
+
+    cfg = load_config()
+    token = read_token()
+    rank = int(os.environ.get(ENV_INDEX, "0"))
+    world = cfg.scale.trainerReplicas
+    worker = os.environ.get(ENV_WORKER_ID, f"{cfg.job}-trainer-{rank}")
+    host = os.environ.get(ENV_POD_IP, "127.0.0.1")
+    controller = ControllerClient(os.environ[ENV_CONTROLLER_URL], token)
+    ckpt_dir = Path(cfg.checkpoint.dir)
+    labels = {"job": cfg.job, "namespace": cfg.namespace, "role": "trainer"}
+
+    torch.manual_seed(cfg.seed)
+    gpu = torch.cuda.is_available()
+    if world > 1:
+        master = os.environ.get(ENV_TRAINER_MASTER, "127.0.0.1")
+        dist.init_process_group(
+            "nccl" if gpu else "gloo", init_method=f"tcp://{master}:{cfg.ports.rendezvous}", rank=rank, world_size=world
+        )
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if gpu else "cpu")
+    dtype = {
+        "auto": torch.bfloat16 if gpu else torch.float32,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }[cfg.model.dtype]
+    directory = model_dir(cfg.model, cfg.seed)
+    pretrained = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    pad_id = int(pretrained.config.pad_token_id or 0)
+    model: torch.nn.Module = pretrained
+    model.to(device)
+    if cfg.scale.trainerStrategy == "fsdp2":
+        # Publishing and checkpointing need a full state dict gathered on every rank; until that path exists
+        # and is tested, refuse rather than train with weights rank 0 cannot publish.
+        log.error("trainer.strategy: fsdp2 is not available in this version of the trainer; use ddp")
+        return 2
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = make_optimizer(model, cfg.algorithm)
+
+    registry = CollectorRegistry()
+    names = list(labels)
+    gauges = {
+        name: Gauge(f"kuberl_trainer_{name}", doc, names, registry=registry).labels(**labels)
+        for name, doc in {
+            "loss": "Training loss of the last step",
+            "grad_norm": "Gradient norm before clipping",
+            "icepop_masked_fraction": "Fraction of completion tokens IcePop masked",
+            "logp_diff_mean": "Mean |log pi_train - log pi_infer| over completion tokens",
+            "logp_diff_max": "Max |log pi_train - log pi_infer| over completion tokens",
+            "kl_old": "KL from the old to the updated policy on the batch",
+            "step": "Training steps done",
+            "weight_publish_bytes": "Bytes of the last published weights",
+        }.items()
+    }
+    train_seconds = Histogram(
+        "kuberl_trainer_step_seconds", "Training seconds per step", names, registry=registry
+    ).labels(**labels)
+    publish_seconds = Histogram(
+        "kuberl_trainer_weight_publish_seconds", "Seconds to publish weights", names, registry=registry
+    ).labels(**labels)
+    server = serve(host, cfg.ports.trainer, registry, ckpt_dir if rank == 0 else None, token)
+
+    local = load_checkpoint(ckpt_dir, model, optimizer)
+    _, reply = controller.call(
+        "POST", "/v1/workers/register", {"worker": worker, "role": "trainer", "step": local, "address": host}
+    )
+    step = int(reply["resumeStep"])
+    if step < local:
+        step = load_checkpoint(ckpt_dir, model, optimizer, max_step=step)
+    log.info("rank %d/%d resumes at step %d (local checkpoint %d)", rank, world, step, local)
+
+    last_beat = 0.0
+    while step < cfg.algorithm.steps:
+        status, batch = controller.call("GET", f"/v1/trainer/batch?step={step}")
+        if time.monotonic() - last_beat > cfg.fault.heartbeatSeconds:
+            controller.call("POST", "/v1/workers/heartbeat", {"worker": worker, "role": "trainer", "version": step})
+            last_beat = time.monotonic()
+        if status == 410:
+            break
+        if status == 204:
+            time.sleep(POLL_SECONDS)
+            continue
+        stats = train_step(
+            model,
+            optimizer,
+            batch,
+            cfg.algorithm,
+            temperature=cfg.task.temperature,
+            pad_id=pad_id,
+            rank=rank,
+            world=world,
+        )
+        train_seconds.observe(stats.train_seconds)
+        for name, value in (
+            ("loss", stats.loss),
+            ("grad_norm", stats.grad_norm),
+            ("icepop_masked_fraction", stats.masked_fraction),
+            ("logp_diff_mean", stats.mean_abs_logp_diff),
+            ("logp_diff_max", stats.max_abs_logp_diff),
+            ("kl_old", stats.kl_old),
+        ):
+            gauges[name].set(value)
+        version = step + 1
+        checkpointed = version % cfg.checkpoint.everySteps == 0 or version == cfg.algorithm.steps
+        if rank == 0:
+            start = time.perf_counter()
+            path, size = publish_weights(ckpt_dir, version, model, keep=cfg.checkpoint.keep + 1)
+            publish_seconds.observe(time.perf_counter() - start)
+            gauges["weight_publish_bytes"].set(size)
+            if checkpointed:
+                save_checkpoint(ckpt_dir, version, model, optimizer, cfg.checkpoint.keep)
+            uri = f"file://{path}" if cfg.checkpoint.shared else f"http://{host}:{cfg.ports.trainer}/weights/{version}"
+            controller.call(
+                "POST",
+                "/v1/trainer/published",
+                {
+                    "version": version,
+                    "weightsUri": uri,
+                    "checkpoint": checkpointed,
+                    "trainSeconds": stats.train_seconds,
+                },
+            )
+        log.info(
+            "step %d: loss %.4f reward %.3f masked %.4f grad %.3f",
+            step,
+            stats.loss,
+            stats.reward_mean,
+            stats.masked_fraction,
+            stats.grad_norm,
+        )
+        step = version
+        gauges["step"].set(step)
+    server.shutdown()
+    if world > 1:
+        dist.destroy_process_group()
+    log.info("rank %d done at step %d", rank, step)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
