@@ -194,3 +194,17 @@ async def test_hanging_reward_does_not_stall_the_step(tmp_path: Path) -> None:
         assert 'kuberl_reward_failures_total{job="job",kind="timeout",namespace="default",role="controller"}' in metrics
     finally:
         await client.close()
+
+
+async def test_replayed_and_future_versions_and_lost_workers(client: Client) -> None:
+    await _generate_step(client)
+    first = await client.post("/v1/trainer/published", json={"version": 1, "weightsUri": "u1"}, headers=AUTH)
+    assert (await first.json())["outcome"] == "advanced"
+    again = await client.post("/v1/trainer/published", json={"version": 1, "weightsUri": "u1"}, headers=AUTH)
+    assert (await again.json())["outcome"] == "replayed"  # a restarted gang re-trained step 0
+    future = await client.post("/v1/trainer/published", json={"version": 5, "weightsUri": "u5"}, headers=AUTH)
+    assert future.status == 409
+    reply = await client.post("/v1/rollout/lease", json={"worker": "r1", "maxRollouts": 2, "version": 1}, headers=AUTH)
+    held = len((await reply.json())["chunks"])
+    lost = await client.post("/v1/workers/lost", json={"worker": "r1"}, headers=AUTH)
+    assert held > 0 and (await lost.json()) == {"worker": "r1", "requeued": held}

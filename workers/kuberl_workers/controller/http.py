@@ -210,10 +210,23 @@ async def batch(request: web.Request) -> web.Response:
 
 async def published(request: web.Request) -> web.Response:
     c, body = request.app[CONTROLLER], await _parse(request, PublishedRequest)
-    c.published(body.version, body.weightsUri, body.checkpoint, body.trainSeconds)
+    try:
+        outcome = c.published(body.version, body.weightsUri, body.checkpoint, body.trainSeconds)
+    except ValueError as error:
+        return _error(409, str(error), version=c.scheduler.version)
     return web.json_response(
-        {"version": c.scheduler.version, "complete": c.complete, "lastCheckpoint": c.last_checkpoint}
+        {
+            "version": c.scheduler.version,
+            "complete": c.complete,
+            "outcome": outcome,
+            "lastCheckpoint": c.last_checkpoint,
+        }
     )
+
+
+async def lost(request: web.Request) -> web.Response:
+    c, body = request.app[CONTROLLER], await _parse(request, DrainRequest)
+    return web.json_response({"worker": body.worker, "requeued": c.lost(body.worker)})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -252,6 +265,7 @@ def make_app(controller: Controller, token: str) -> web.Application:
     app.cleanup_ctx.append(_ticker)
     app.router.add_post("/v1/workers/register", register)
     app.router.add_post("/v1/workers/heartbeat", heartbeat)
+    app.router.add_post("/v1/workers/lost", lost)
     app.router.add_post("/v1/rollout/lease", lease)
     app.router.add_post("/v1/rollout/complete", complete)
     app.router.add_post("/v1/rollout/release", release)

@@ -106,6 +106,13 @@ class Controller:
     def alive(self, role: str) -> int:
         return sum(1 for p in self.peers.values() if p.role == role)
 
+    def lost(self, worker: str) -> int:
+        """The supervisor saw the worker's pod or process go: requeue its leases now, without waiting for
+        missed heartbeats.
+        """
+        self.peers.pop(worker, None)
+        return self.scheduler.worker_lost(worker)
+
     def reap(self) -> list[str]:
         """Declare workers dead after missed heartbeats; their leases return to the queue."""
         limit = self.cfg.fault.heartbeatSeconds * self.cfg.fault.missedHeartbeats
@@ -223,7 +230,15 @@ class Controller:
             self.replay.clear()
         return self.scheduler.step
 
-    def published(self, version: int, weights_uri: str, checkpointed: bool, train_seconds: float) -> None:
+    def published(self, version: int, weights_uri: str, checkpointed: bool, train_seconds: float) -> str:
+        """Record the trainers' new weights; returns `"advanced"` when this opens the next step, `"replayed"`
+        for a step a restarted gang re-trained from the replay log (the same lineage: nothing changes here).
+        """
+        s = self.scheduler
+        if not (s.awaiting_weights and version == s.step):
+            if version <= s.version or (s.awaiting_weights and version < s.step):
+                return "replayed"
+            raise ValueError(f"version: expected {s.step if s.awaiting_weights else s.version}, got {version}")
         now = self.clock()
         if train_seconds:
             self.metrics.observe_phase("train", train_seconds)
@@ -235,6 +250,7 @@ class Controller:
         if checkpointed:  # the gang can only fall back to this checkpoint now: older batches need no replay
             self.replay.clear()
             self.write_checkpoint()
+        return "advanced"
 
     def note_version(self, worker: str, version: int) -> None:
         """A rollout worker reports the version it serves: the weight sync is done when all serve the newest."""

@@ -81,6 +81,10 @@ class RolloutWorker:
         parsed = urlparse(uri)
         if parsed.scheme == "file":
             path = Path(parsed.path)
+            for _ in range(120):  # a restarted trainer republishes a pruned version: wait for it
+                if path.exists():
+                    break
+                await asyncio.sleep(0.5)
             await asyncio.to_thread(self.engine.load_weights, path, version)
         else:
             with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:

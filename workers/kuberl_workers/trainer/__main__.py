@@ -109,6 +109,10 @@ def main() -> int:
     if step < local:
         step = load_checkpoint(ckpt_dir, model, optimizer, max_step=step)
     log.info("rank %d/%d resumes at step %d (local checkpoint %d)", rank, world, step, local)
+    if rank == 0 and step > 0:
+        # rollout engines may be told to load this version again (after a controller restart): make sure the
+        # files exist even if they were pruned since
+        publish_weights(ckpt_dir, step, model, keep=cfg.checkpoint.keep + 1)
 
     last_beat = 0.0
     while step < cfg.algorithm.steps:
