@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= operator,workers,cpu,dev
+EXTRAS ?= operator,workers,local,cpu,dev
 STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 

@@ -1,4 +1,4 @@
-"""The `kuberl` command line: crd, validate, explain (later: run, operator)."""
+"""The `kuberl` command line: crd, validate, explain, run (later: operator)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,24 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import time
+
+    from kuberl_operator.api.validate import load_rljob
+    from kuberl_operator.launcher.run import LocalRun
+
+    if args.resume and not args.run_dir:
+        print("error: --resume needs --run-dir (the directory of the run to continue)", file=sys.stderr)
+        return 2
+    try:
+        job = load_rljob(Path(args.file))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
+    run_dir = Path(args.run_dir or f"runs/{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return LocalRun(job, run_dir, resume=args.resume).run()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kuberl", description="Kubernetes-native elastic RL for LLM post-training.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--recursive", action="store_true", help="list nested fields")
     explain.add_argument("--markdown", action="store_true", help="print the whole API reference as Markdown")
     explain.set_defaults(func=_explain)
+
+    run = sub.add_parser("run", help="run an RLJob on this machine as local processes (no cluster)")
+    run.add_argument("file", metavar="FILE")
+    run.add_argument("--run-dir", help="where config, logs, checkpoints and metrics go (default runs/NAME-TIME)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    run.set_defaults(func=_run)
     return top
 
 

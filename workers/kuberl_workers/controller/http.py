@@ -229,6 +229,14 @@ async def lost(request: web.Request) -> web.Response:
     return web.json_response({"worker": body.worker, "requeued": c.lost(body.worker)})
 
 
+async def history(request: web.Request) -> web.Response:
+    raw = request.query.get("since", "0")
+    if not raw.isdigit():
+        return _error(400, "query parameter since: expected a non-negative integer")
+    since = int(raw)
+    return web.json_response([h for h in request.app[CONTROLLER].history if h["step"] >= since])
+
+
 async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROLLER].status())
 
@@ -274,6 +282,7 @@ def make_app(controller: Controller, token: str) -> web.Application:
     app.router.add_get("/v1/trainer/batch", batch)
     app.router.add_post("/v1/trainer/published", published)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/history", history)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

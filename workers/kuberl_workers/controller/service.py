@@ -63,6 +63,7 @@ class Controller:
         self.scheduler = self._restore() or Scheduler(self.sched_cfg, self.prompts)
         self.peers: dict[str, Peer] = {}
         self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
+        self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
         self.weights_uri = ""
         self.last_checkpoint = ""
         self.last_reward_mean = 0.0
@@ -208,6 +209,17 @@ class Controller:
         self.last_reward_mean = statistics.fmean(rewards) if rewards else 0.0
         self.zero_advantage_groups += sum(1 for g in batch.groups if len({r["reward"] for r in g["rollouts"]}) == 1)
         self.replay[batch.step] = batch
+        self.history.append(
+            {
+                "step": batch.step + 1,
+                "rewardMean": self.last_reward_mean,
+                "groups": len(batch.groups),
+                "tokens": batch.tokens,
+                "rolloutSeconds": now - self._step_started,
+                "wallClosed": time.time(),
+            }
+        )
+        del self.history[:-10000]
         return batch
 
     def batch(self, step: int) -> Batch | None:
@@ -243,6 +255,8 @@ class Controller:
         if train_seconds:
             self.metrics.observe_phase("train", train_seconds)
         self.weights_uri = weights_uri
+        if self.history and self.history[-1]["step"] == version:
+            self.history[-1].update(trainSeconds=train_seconds, wallPublished=time.time())
         self.scheduler.weights_published(version)
         self._published_at = now
         self._step_started = now

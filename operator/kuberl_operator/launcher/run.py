@@ -1,0 +1,338 @@
+"""`kuberl run`: one RLJob as local processes, supervised with the operator's fault-tolerance policy."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import statistics
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kuberl_operator import policy
+from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.launcher.children import (
+    CONTROLLER_HOST,
+    Child,
+    rollout_host,
+    signal_group,
+    spawn,
+    stop_all,
+    trainer_host,
+)
+from kuberl_operator.launcher.report import Display, MetricsLog, Progress, plot, print_summary, summary
+from kuberl_operator.render import worker_config
+from kuberl_workers.config import (
+    ENV_CONFIG,
+    ENV_CONTROLLER_URL,
+    ENV_TOKEN_FILE,
+    ENV_TRAINER_MASTER,
+    Limits,
+    Ports,
+    WorkerConfig,
+)
+
+TICK = 0.5
+SCALE_EVERY = 2.0
+STABLE_SECONDS = 30.0  # a process that ran this long has its consecutive-failure count reset
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_capacity() -> int:
+    """Rollout engines this machine can hold: one per core, and about 3 GiB of memory each."""
+    try:
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        by_memory = int(pages * size / 3 / 2**30)
+    except (ValueError, OSError):
+        by_memory = 1
+    return max(1, min(os.cpu_count() or 1, by_memory))
+
+
+class LocalRun:
+    def __init__(
+        self,
+        job: RLJob,
+        run_dir: Path,
+        resume: bool = False,
+        display: Display | None = None,
+        capacity: int | None = None,
+    ) -> None:
+        self.job = job
+        self.run_dir = run_dir.resolve()
+        self.resume = resume
+        self.display = display or Display()
+        self.capacity = capacity or local_capacity()
+        self.children: list[Child] = []
+        self.restarts = 0
+        self.stopping = False
+        self.low_since: float | None = None
+        self.last_scale = 0.0
+        self.last_step = 0
+        self.cfg: WorkerConfig
+        self.token = ""
+        self.env: dict[str, str] = {}
+
+    # --- setup ---------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        ckpt = self.run_dir / "checkpoints"
+        if self.run_dir.exists() and any(ckpt.glob("*")) and not self.resume:
+            raise SystemExit(
+                f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, or "
+                "--run-dir for a fresh one"
+            )
+        if self.resume and not any(ckpt.glob("controller-*.json")):
+            self.display.message(f"no checkpoint in {ckpt} yet: starting from step 0")
+        ckpt.mkdir(parents=True, exist_ok=True)
+        token_file = self.run_dir / "token"
+        if not token_file.exists():
+            token_file.touch(mode=0o600)
+            token_file.write_text(secrets.token_urlsafe(32))
+        self.token = token_file.read_text().strip()
+        ports = Ports(controller=_free_port(), rollout=_free_port(), trainer=_free_port(), rendezvous=_free_port())
+        self.cfg = worker_config(self.job, str(ckpt), shared_checkpoints=True).model_copy(
+            update={"ports": ports, "limits": Limits(rolloutBatch=64)}
+        )
+        (self.run_dir / "config.json").write_text(self.cfg.model_dump_json(indent=2))
+        (self.run_dir / "job.yaml").write_text(json.dumps(self.job.dump(), indent=2))
+        self.env = {
+            **os.environ,
+            ENV_CONFIG: str(self.run_dir / "config.json"),
+            ENV_TOKEN_FILE: str(token_file),
+            ENV_CONTROLLER_URL: f"http://{CONTROLLER_HOST}:{ports.controller}",
+            ENV_TRAINER_MASTER: trainer_host(0),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+
+    def _start(self, child: Child) -> None:
+        spawn(child, self.env, self.run_dir / "logs")
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        pids = {c.name: c.proc.pid for c in self.children if c.proc is not None and c.running}
+        (self.run_dir / "pids.json").write_text(json.dumps(pids))
+
+    def _role(self, role: str) -> list[Child]:
+        return [c for c in self.children if c.role == role]
+
+    def _add_rollout(self) -> Child:
+        index = max((c.index for c in self._role("rollout")), default=-1) + 1
+        child = Child("rollout", index, f"{self.job.metadata.name}-rollout-{index}", rollout_host(index))
+        self.children.append(child)
+        self._start(child)
+        return child
+
+    # --- the controller's API ------------------------------------------------------------------------
+
+    def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"{self.env[ENV_CONTROLLER_URL]}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read() or b"null")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            return None
+
+    # --- supervision ---------------------------------------------------------------------------------
+
+    def _failed(self, child: Child, now: float) -> int | None:
+        """Apply the policy to a failed child; an exit code when the run must end."""
+        code = child.proc.returncode if child.proc else None
+        if now - child.started > STABLE_SECONDS:
+            child.consecutive = 0
+        child.consecutive += 1
+        spec = self.job.spec.faultTolerance
+        decision = policy.on_failure(
+            child.role,
+            child.name,
+            self.restarts,
+            child.consecutive,
+            spec.maxRestarts,
+            spec.restartBackoffSeconds,
+            spec.maxRestartBackoffSeconds,
+        )
+        if decision.action == "fail":
+            self.display.message(f"FAILED ({decision.reason}): {decision.message}")
+            return 1
+        self.restarts += 1
+        self.display.message(f"{decision.reason}: {decision.message} (exit code {code})")
+        at = now + decision.delay
+        if decision.action == "restart_pod":
+            self._api("POST", "/v1/workers/lost", {"worker": child.name})
+            child.restart_at = at
+        else:
+            # a trainer rank or the controller: the gang restarts from the last checkpoint (with the controller,
+            # so that both resume from the same step)
+            for rank in self._role("trainer"):
+                signal_group(rank, signal.SIGKILL)
+                if rank.proc is not None:
+                    rank.proc.wait()
+                rank.restart_at = at
+            if decision.action == "restart_controller":
+                child.restart_at = at
+        return None
+
+    def _supervise(self, now: float, complete: bool) -> int | None:
+        for child in list(self.children):
+            if child.proc is None or child.restart_at is not None:
+                if child.restart_at is not None and now >= child.restart_at:
+                    self._start(child)
+                continue
+            if child.running:
+                continue
+            code = child.proc.returncode
+            if child.role == "rollout" and (child.draining or complete) and code == 0:
+                self.children.remove(child)  # drained for a scale-down, or done
+                continue
+            if child.role == "trainer" and code == 0:
+                continue  # trained the last step
+            result = self._failed(child, now)
+            if result is not None:
+                return result
+        return None
+
+    def _scale(self, now: float, demand: dict[str, Any] | None) -> None:
+        if demand is None or now - self.last_scale < SCALE_EVERY:
+            return
+        self.last_scale = now
+        rollout = self.job.spec.rollout
+        active = [c for c in self._role("rollout") if not c.draining]
+        decision = policy.scale(
+            int(demand["desiredRolloutReplicas"]),
+            len(active),
+            rollout.minReplicas,
+            rollout.maxReplicas,
+            rollout.replicas,
+            self.capacity,
+            self.low_since,
+            now,
+            rollout.scaleDownDelaySeconds,
+        )
+        self.low_since = decision.low_since
+        while len(active) < decision.target:
+            active.append(self._add_rollout())
+            self.display.message(f"{policy.SCALED_UP}: {len(active)} rollout workers ({decision.reason})")
+        while len(active) > decision.target:
+            victim = max(active, key=lambda c: c.index)
+            active.remove(victim)
+            victim.draining = True
+            self._api("POST", "/v1/rollout/drain", {"worker": victim.name})
+            self.display.message(f"{policy.SCALED_DOWN}: draining {victim.name} ({decision.reason})")
+
+    def _record(self) -> None:
+        """Append every step trained since the last one recorded (the controller keeps a per-step history)."""
+        entries = self._api("GET", f"/v1/history?since={self.last_step + 1}") or []
+        for entry in entries:
+            if "wallPublished" not in entry or entry["step"] <= self.last_step:
+                continue
+            previous = self.metrics.rows[-1]["wallPublished"] if self.metrics.rows else None
+            self.metrics.add(
+                {
+                    "step": entry["step"],
+                    "rewardMean": entry["rewardMean"],
+                    "tokens": entry["tokens"],
+                    "rolloutSeconds": entry["rolloutSeconds"],
+                    "trainSeconds": entry.get("trainSeconds"),
+                    "stepSeconds": entry["wallPublished"] - previous if previous else None,
+                    "wallPublished": entry["wallPublished"],
+                    "rollouts": sum(1 for c in self._role("rollout") if c.running),
+                    "restarts": self.restarts,
+                }
+            )
+            self.last_step = entry["step"]
+
+    def run(self) -> int:
+        self.prepare()
+        name = self.job.metadata.name
+        self.children = [Child("controller", 0, f"{name}-controller-0", CONTROLLER_HOST)]
+        self.children += [
+            Child("trainer", r, f"{name}-trainer-{r}", trainer_host(r)) for r in range(self.job.spec.trainer.replicas)
+        ]
+        for child in self.children:
+            self._start(child)
+        for _ in range(self.job.spec.rollout.minReplicas):
+            self._add_rollout()
+        ports = self.cfg.ports
+        self.display.message(
+            f"run directory {self.run_dir}\nmetrics: controller http://{CONTROLLER_HOST}:{ports.controller}/metrics, "
+            f"trainer http://{trainer_host(0)}:{ports.trainer}/metrics, "
+            f"rollouts http://{rollout_host(0)}:{ports.rollout}/metrics (127.0.1.N for worker N-1)"
+        )
+        interrupted: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            interrupted.append(signum)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        started = time.monotonic()
+        progress = Progress(job=name, steps=self.job.spec.algorithm.steps)
+        code = 1
+        try:
+            while True:
+                now = time.monotonic()
+                if interrupted:
+                    self.display.message(
+                        "interrupted: stopping every process; resume with "
+                        f"`kuberl run FILE --resume --run-dir {self.run_dir}`"
+                    )
+                    code = 130
+                    break
+                status = self._api("GET", "/v1/status")
+                complete = bool(status and status["complete"])
+                result = self._supervise(now, complete)
+                if result is not None:
+                    code = result
+                    break
+                if status:
+                    # a controller restored from its checkpoint re-trains the steps after it: record them again
+                    self.last_step = min(self.last_step, int(status["policyVersion"]))
+                    self._record()
+                    demand = self._api("GET", "/v1/demand")
+                    if not complete:
+                        self._scale(now, demand)
+                    rows = self.metrics.rows
+                    pace = (
+                        statistics.median(r["stepSeconds"] for r in rows if r["stepSeconds"])
+                        if len(rows) > 1
+                        else math.inf
+                    )
+                    progress.step, progress.reward = status["policyVersion"], status["rewardMean"]
+                    progress.tokens_per_second, progress.budget_fill = status["tokensPerSecond"], status["budgetFill"]
+                    progress.ready = sum(1 for c in self._role("rollout") if c.running and not c.draining)
+                    progress.desired = int(demand["desiredRolloutReplicas"]) if demand else progress.ready
+                    progress.eta = policy.steps_eta(progress.step, progress.steps, pace)
+                progress.restarts, progress.state = self.restarts, "complete" if complete else "running"
+                self.display.update(progress)
+                if complete and all(not c.running for c in self._role("trainer")):
+                    code = 0
+                    break
+                time.sleep(TICK)
+        finally:
+            stop_all(self.children)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.display.close()
+            self._write_pids()
+        items = summary(self.metrics.rows, time.monotonic() - started, self.restarts)
+        picture = plot(self.metrics.rows, self.run_dir / "progress.png")
+        print_summary(
+            self.display, [*items, ("metrics", str(self.metrics.path)), ("plot", str(picture) if picture else "-")]
+        )
+        return code

@@ -1,0 +1,169 @@
+"""`kuberl run` end to end: faults survived without losing data, Ctrl-C without orphans, then --resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+JOB: dict[str, Any] = {
+    "apiVersion": "kuberl.io/v1alpha1",
+    "kind": "RLJob",
+    "metadata": {"name": "faults"},
+    "spec": {
+        "seed": 0,
+        "model": {"builtin": "tiny", "dtype": "float32"},
+        "task": {
+            "dataset": {"builtin": "arithmetic"},
+            "reward": "numeric",
+            "promptsPerStep": 4,
+            "samplesPerPrompt": 2,
+            "maxPromptTokens": 16,
+            "maxNewTokens": 12,
+        },
+        "algorithm": {"steps": 8, "learningRate": 5e-4},
+        "c3po": {"tokenBudget": 24, "retention": 1, "inferencePoolCapacity": 8, "chunkTokens": 4},
+        "rollout": {"minReplicas": 1, "maxReplicas": 1},
+        "faultTolerance": {"maxRestarts": 6, "restartBackoffSeconds": 1, "leaseSeconds": 20, "heartbeatSeconds": 1},
+        "checkpoint": {"everySteps": 2, "keep": 3},
+    },
+}
+
+
+def _start(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(JOB))
+    env = {**os.environ, "KUBERL_CACHE": str(tmp_path.parent / "kuberl-cache")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kuberl_operator.cli", "run", str(job), "--run-dir", str(run_dir), *extra],
+        env=env,
+        stdout=(tmp_path / "run.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _controller_step(run_dir: Path) -> int | None:
+    """The controller's own step counter, read through its API with the run's token."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        request = urllib.request.Request(
+            f"http://127.0.0.2:{cfg['ports']['controller']}/v1/status",
+            headers={"Authorization": f"Bearer {(run_dir / 'token').read_text().strip()}"},
+        )
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return int(json.loads(response.read())["policyVersion"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _wait_step(
+    run_dir: Path,
+    proc: subprocess.Popen[bytes],
+    step: int,
+    log: Path,
+    timeout: float = 240,
+    seen: list[int] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        observed = _controller_step(run_dir)
+        if seen is not None and observed is not None:
+            seen.append(observed)
+        if max(_steps(run_dir), default=-1) >= step:
+            return
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.3)
+    raise AssertionError(f"step {step} not reached:\n{log.read_text()[-3000:]}")
+
+
+def _pid(run_dir: Path, name: str) -> int:
+    return int(json.loads((run_dir / "pids.json").read_text())[name])
+
+
+def _processes_of(run_dir: Path) -> list[int]:
+    marker = f"=/{run_dir.relative_to('/')}/config.json".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _done_log(run_dir: Path) -> dict[str, Any]:
+    newest = sorted((run_dir / "checkpoints").glob("controller-*.json"))[-1]
+    body = newest.read_bytes().rstrip(b"\n").rpartition(b"\nsha256:")[0]
+    return dict(json.loads(body)["scheduler"])
+
+
+def test_kills_are_survived_and_every_prompt_trained_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    log = tmp_path / "run.log"
+    proc = _start(tmp_path, run_dir)
+    seen: list[int] = []
+    try:
+        _wait_step(run_dir, proc, 2, log, seen=seen)
+        os.kill(_pid(run_dir, "faults-rollout-0"), signal.SIGKILL)
+        _wait_step(run_dir, proc, 5, log, seen=seen)
+        os.kill(_pid(run_dir, "faults-trainer-0"), signal.SIGKILL)
+        _wait_step(run_dir, proc, 8, log, seen=seen)
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    assert "PodRecreated: faults-rollout-0" in output and "GangRestarted: faults-trainer-0" in output
+    steps = _steps(run_dir)
+    assert steps[-1] == 8
+    drops = [a - b for a, b in itertools.pairwise(seen) if b < a]
+    assert all(drop <= 2 for drop in drops), seen  # never back by more than checkpoint.everySteps
+    state = _done_log(run_dir)
+    trained = [index for index, _ in state["done"]]
+    assert len(trained) == len(set(trained)), "a prompt was trained twice"
+    pending = {g["prompt_index"] for g in state["groups"]} | set(state["requeue"]) | set(state["dropped"])
+    missing = [i for i in range(state["cursor"]) if i not in trained and i not in pending]
+    assert missing == [], f"prompts lost: {missing}"
+    assert (run_dir / "progress.png").stat().st_size > 1000
+    assert _processes_of(run_dir) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])
+def test_interrupt_stops_everything_and_resume_continues(tmp_path: Path, sig: signal.Signals) -> None:
+    run_dir = tmp_path / "run"
+    log = tmp_path / "run.log"
+    proc = _start(tmp_path, run_dir)
+    try:
+        _wait_step(run_dir, proc, 3, log)
+        children = _processes_of(run_dir)
+        assert len(children) >= 3  # controller, trainer, rollout (and their helpers)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _processes_of(run_dir) == [], "orphan processes after Ctrl-C"
+    assert "resume with `kuberl run FILE --resume" in log.read_text()
+    before = _steps(run_dir)
+    resumed = _start(tmp_path, run_dir, "--resume")
+    assert resumed.wait(timeout=300) == 0, log.read_text()[-3000:]
+    after = _steps(run_dir)[len(before) :]
+    assert after and after[0] >= 2 and after[-1] == 8  # continued from the step-2 checkpoint, not from 0
+    assert _processes_of(run_dir) == []
