@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The quickstart. Until the local launcher lands (`kuberl run`), this validates the example jobs.
+# The quickstart: the tiny model learns arithmetic on this machine (no cluster).
 run: $(STAMP)
-	@echo "kuberl run (the local launcher) is not built yet: validating the example RLJobs instead."
 	$(BIN)/kuberl validate examples/*.yaml
+	$(BIN)/kuberl run examples/quickstart.yaml
 
 test: lint typecheck unit
 

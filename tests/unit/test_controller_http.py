@@ -177,6 +177,8 @@ async def test_restart_restores_checkpointed_state(tmp_path: Path) -> None:
             "/v1/workers/register", json={"worker": "t0", "role": "trainer", "step": 1}, headers=AUTH
         )
         assert (await trainer.json())["resumeStep"] == 1
+        rollout = await again.post("/v1/workers/register", json={"worker": "r9", "role": "rollout"}, headers=AUTH)
+        assert (await rollout.json())["weightsUri"] == "u1"  # engines can load the checkpointed version
     finally:
         await again.close()
 

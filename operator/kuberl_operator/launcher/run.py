@@ -236,7 +236,7 @@ class LocalRun:
             self._api("POST", "/v1/rollout/drain", {"worker": victim.name})
             self.display.message(f"{policy.SCALED_DOWN}: draining {victim.name} ({decision.reason})")
 
-    def _record(self) -> None:
+    def _record(self, tokens_per_second: float) -> None:
         """Append every step trained since the last one recorded (the controller keeps a per-step history)."""
         entries = self._api("GET", f"/v1/history?since={self.last_step + 1}") or []
         for entry in entries:
@@ -248,6 +248,7 @@ class LocalRun:
                     "step": entry["step"],
                     "rewardMean": entry["rewardMean"],
                     "tokens": entry["tokens"],
+                    "tokensPerSecond": tokens_per_second,
                     "rolloutSeconds": entry["rolloutSeconds"],
                     "trainSeconds": entry.get("trainSeconds"),
                     "stepSeconds": entry["wallPublished"] - previous if previous else None,
@@ -303,7 +304,7 @@ class LocalRun:
                 if status:
                     # a controller restored from its checkpoint re-trains the steps after it: record them again
                     self.last_step = min(self.last_step, int(status["policyVersion"]))
-                    self._record()
+                    self._record(float(status["tokensPerSecond"]))
                     demand = self._api("GET", "/v1/demand")
                     if not complete:
                         self._scale(now, demand)

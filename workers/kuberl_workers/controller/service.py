@@ -60,11 +60,11 @@ class Controller:
             seed=cfg.seed,
         )
         self.checkpoint_dir = Path(cfg.checkpoint.dir)
+        self.weights_uri = ""
         self.scheduler = self._restore() or Scheduler(self.sched_cfg, self.prompts)
         self.peers: dict[str, Peer] = {}
         self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
         self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
-        self.weights_uri = ""
         self.last_checkpoint = ""
         self.last_reward_mean = 0.0
         self.zero_advantage_groups = 0
