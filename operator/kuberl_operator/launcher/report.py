@@ -78,7 +78,7 @@ class Display:
             f"tokens_per_s={p.tokens_per_second:.0f} rollouts={p.ready}/{p.desired} budget={p.budget_fill:.2f} "
             f"restarts={p.restarts} eta={_eta(p.eta)}"
         )
-        key = line.split(" tokens_per_s")[0] + f" restarts={p.restarts}"
+        key = f"{p.state} {p.step} {p.restarts}"  # one line per step (or state change), not per poll
         if key != self._last:
             self._last = key
             print(line, file=self.stream, flush=True)
