@@ -7,13 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from kuberl_workers.models.tiny import ensure_tiny
+from kuberl_workers.models.tiny import build_model, build_tokenizer
 from kuberl_workers.rollout.engine import Engine
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_tiny(0, tmp_path_factory.mktemp("cache"))
+    """The tiny architecture with random weights (no warm start): it almost never emits EOS, so rollouts run
+    their full length and span chunks."""
+    directory = tmp_path_factory.mktemp("tiny-random")
+    build_tokenizer(directory)
+    build_model(directory, seed=0)
+    return directory
 
 
 @pytest.fixture(scope="session")

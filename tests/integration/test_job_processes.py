@@ -43,6 +43,7 @@ def test_three_steps_with_real_processes(tmp_path: Path, tiny_dir: Path) -> None
     ports = Ports(controller=_port(), rollout=_port(), trainer=_port(), rendezvous=_port())
     cfg = job_config(
         tmp_path / "ckpt",
+        model={"path": str(tiny_dir), "dtype": "float32"},
         task={
             "dataset": {"builtin": "arithmetic"},
             "reward": "numeric",
@@ -65,7 +66,6 @@ def test_three_steps_with_real_processes(tmp_path: Path, tiny_dir: Path) -> None
         ENV_CONTROLLER_URL: url,
         ENV_POD_IP: "127.0.0.1",
         ENV_INDEX: "0",
-        "KUBERL_CACHE": str(tiny_dir.parent),
         "OMP_NUM_THREADS": "1",
     }
     logs = {role: (tmp_path / f"{role}.log").open("w") for role in ("controller", "rollout", "trainer")}
