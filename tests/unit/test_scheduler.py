@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kuberl_workers.controller.scheduler import Scheduler
 from kuberl_workers.controller.state import ChunkRequest
-from support.sim import config, drive, lengths_long_tail, reward_of, source
+from support.sim import ScriptedEngine, config, drive, lengths_long_tail, reward_of, source
 
 LENGTHS = lengths_long_tail(seed=7, max_new=40)
 
@@ -202,6 +202,7 @@ ACTIONS = st.lists(
 def test_no_prompt_lost_or_trained_twice(actions: list[tuple[str, int, int]], retention: int) -> None:
     cfg = config(retention=retention, token_budget=20, pool_capacity=12, prompts_per_step=3, group_size=3)
     sched = Scheduler(cfg, source)
+    engine = ScriptedEngine(LENGTHS, sched)
     held: dict[str, list[ChunkRequest]] = {f"w{i}": [] for i in range(3)}
     now = 0.0
     for action, w, n in actions:
@@ -214,14 +215,9 @@ def test_no_prompt_lost_or_trained_twice(actions: list[tuple[str, int, int]], re
                 now += cfg.lease_seconds  # the worker stalled past its lease
                 sched.expire(now)
             chunk = held[worker].pop(0)
-            rollout = sched.rollouts.get(chunk.rollout_id)
-            if rollout is not None:
-                prompt = sched.groups[rollout.group].prompt_index
-                target = LENGTHS[prompt, rollout.sample]
-                k = min(chunk.max_tokens, target - len(chunk.output_ids))
-                tokens = [prompt * 100 + len(chunk.output_ids) + i for i in range(k)]
-                finish = "stop" if len(chunk.output_ids) + k >= target else None
-                done = sched.complete(worker, chunk.lease_id, tokens, [-0.3] * k, finish, chunk.version)
+            if chunk.rollout_id in sched.rollouts:  # not purged meanwhile
+                tokens, finish = engine.generate(chunk.rollout_id, len(chunk.output_ids), chunk.max_tokens)
+                done = sched.complete(worker, chunk.lease_id, tokens, [-0.3] * len(tokens), finish, chunk.version)
                 if done is not None and done.finished:
                     sched.rewarded(done.id, reward_of(done.output_ids))
         elif action == "kill":
