@@ -226,7 +226,11 @@ def build_pod(
         {"name": "HOME", "value": "/tmp"},
     ]
     volumes, mounts = _volumes(job)
-    probe: dict[str, Any] = {"httpGet": {"path": "/healthz", "port": ROLE_PORT[role]}, "periodSeconds": 10, "failureThreshold": 6}
+    probe: dict[str, Any] = {
+        "httpGet": {"path": "/healthz", "port": ROLE_PORT[role]},
+        "periodSeconds": 10,
+        "failureThreshold": 6,
+    }
     user_env = [e for e in main.get("env") or [] if e.get("name") not in {v["name"] for v in env}]
     main.update(
         {

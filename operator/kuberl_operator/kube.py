@@ -1,0 +1,98 @@
+"""A thin asyncio client of the Kubernetes API (aiohttp, as kopf uses), for the few calls reconcile makes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+CORE = {"pods", "configmaps", "secrets", "services", "events"}
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, method: str, path: str, body: str) -> None:
+        super().__init__(f"{method} {path}: {status} {body[:300]}")
+        self.status = status
+
+
+def path(namespace: str, plural: str, name: str | None = None, subresource: str | None = None) -> str:
+    prefix = "/api/v1" if plural in CORE else "/apis/kuberl.io/v1alpha1"
+    out = f"{prefix}/namespaces/{namespace}/{plural}"
+    if name:
+        out += f"/{name}"
+    if subresource:
+        out += f"/{subresource}"
+    return out
+
+
+class Kube:
+    def __init__(
+        self, server: str, session: aiohttp.ClientSession, headers: dict[str, str] | None = None, ssl: Any = None
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.session = session
+        self.headers = headers or {}
+        self.ssl = ssl
+        self.requests = 0
+        self.writes = 0
+
+    async def call(
+        self,
+        method: str,
+        url_path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        self.requests += 1
+        if method != "GET":
+            self.writes += 1
+        headers = {**self.headers, "Content-Type": content_type, "Accept": "application/json"}
+        async with self.session.request(
+            method,
+            f"{self.server}{url_path}",
+            params=params,
+            ssl=self.ssl,
+            data=json.dumps(body) if body is not None else None,
+            headers=headers,
+        ) as response:
+            text = await response.text()
+            if response.status >= 400:
+                raise ApiError(response.status, method, url_path, text)
+            return json.loads(text) if text else None
+
+    async def get(self, url_path: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self.call("GET", url_path)
+            return result
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def list(self, namespace: str, plural: str, selector: str) -> list[dict[str, Any]]:
+        result = await self.call("GET", path(namespace, plural), params={"labelSelector": selector})
+        return list((result or {}).get("items") or [])
+
+    async def create(self, namespace: str, plural: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create; an object that already exists (409) is not an error: reconcile is idempotent."""
+        try:
+            result: dict[str, Any] = await self.call("POST", path(namespace, plural), body)
+            return result
+        except ApiError as error:
+            if error.status == 409:
+                return None
+            raise
+
+    async def merge_patch(self, url_path: str, body: dict[str, Any]) -> Any:
+        return await self.call("PATCH", url_path, body, content_type="application/merge-patch+json")
+
+    async def delete(self, namespace: str, plural: str, name: str) -> bool:
+        try:
+            await self.call("DELETE", path(namespace, plural, name))
+            return True
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise

@@ -1,0 +1,309 @@
+"""The one idempotent, level-based reconcile of an RLJob: observe, act on the difference, patch status once."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kuberl_operator import builders, policy
+from kuberl_operator import status as st
+from kuberl_operator.api import conditions as c
+from kuberl_operator.api.rljob import API_VERSION, KIND, RLJob
+from kuberl_operator.api.validate import problems_of
+from kuberl_operator.kube import Kube, path
+
+BACKOFF_ANNOTATION = "kuberl.io/recreate-after"
+FAILURES_ANNOTATION = "kuberl.io/failures"  # {"consecutive": {pod: n}, "nodes": {node: n}}
+SCALE_ANNOTATION = "kuberl.io/rollout-desired"  # written by the scaler daemon
+
+ControllerProbe = Callable[[RLJob, str], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class Outcome:
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    permanent_error: str | None = None
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def adopt(manifest: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """Set the owner reference (garbage collection with the RLJob) and namespace, as kopf.adopt does."""
+    manifest["metadata"]["ownerReferences"] = [owner_reference(body)]
+    manifest["metadata"]["namespace"] = body["metadata"].get("namespace", "default")
+    return manifest
+
+
+async def event(kube: Kube, body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+    meta = body["metadata"]
+    namespace = meta.get("namespace", "default")
+    now = _now()
+    await kube.create(
+        namespace,
+        "events",
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "kuberl-operator"},
+        },
+    )
+
+
+def _role_of(pod: dict[str, Any]) -> tuple[str, int]:
+    labels = pod["metadata"].get("labels") or {}
+    return labels.get(builders.LABEL_ROLE, ""), int(labels.get(builders.LABEL_INDEX, "0"))
+
+
+def _annotation(body: dict[str, Any], key: str) -> dict[str, Any]:
+    raw = (body["metadata"].get("annotations") or {}).get(key)
+    try:
+        value = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def desired_rollouts(job: RLJob, body: dict[str, Any]) -> int:
+    rollout = job.spec.rollout
+    raw = (body["metadata"].get("annotations") or {}).get(SCALE_ANNOTATION, "")
+    wanted = rollout.replicas if rollout.replicas is not None else int(raw) if raw.isdigit() else rollout.minReplicas
+    return min(max(wanted, rollout.minReplicas), rollout.maxReplicas)
+
+
+async def _invalid(kube: Kube, body: dict[str, Any], error: ValidationError, now: str) -> Outcome:
+    problems = "; ".join(str(p) for p in problems_of(error))
+    old = body.get("status") or {}
+    failed = next((x for x in old.get("conditions") or [] if x.get("type") == c.FAILED), None)
+    if not (failed and failed.get("status") == "True" and failed.get("message") == problems):
+        await event(kube, body, c.INVALID_SPEC, problems, warning=True)
+    seen = st.Observed(
+        generation=body["metadata"].get("generation", 0),
+        pods=[],
+        desired={"controller": 0, "trainer": 0, "rollout": 0},
+        restarts={},
+        failed=(c.INVALID_SPEC, problems),
+    )
+    return Outcome(status_patch=st.diff(old, st.compute(old, seen, now)), permanent_error=problems)
+
+
+async def reconcile(
+    kube: Kube, body: dict[str, Any], probe: ControllerProbe | None = None, clock: Callable[[], float] = time.time
+) -> Outcome:
+    """Bring the job's children toward the spec; return the status patch ({} when nothing changed)."""
+    now = _now()
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta.get("namespace", "default")
+    old = body.get("status") or {}
+    try:
+        job = RLJob.model_validate(
+            {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": body.get("spec"),
+            }
+        )
+    except ValidationError as error:
+        return await _invalid(kube, body, error, now)
+    job.metadata.labels = meta.get("labels")
+    outcome = Outcome()
+    pods = await kube.list(namespace, "pods", builders.selector(name))
+    restarts = {r["name"]: int(r.get("restarts", 0)) for r in old.get("roles") or []}
+    terminal = {x["type"] for x in old.get("conditions") or [] if x.get("status") == "True"} & {c.COMPLETE, c.FAILED}
+    failed: tuple[str, str] | None = None
+    if c.FAILED in terminal:
+        prior = next(x for x in old["conditions"] if x["type"] == c.FAILED)
+        failed = (prior["reason"], prior["message"])
+    desired = {
+        "controller": 1,
+        "trainer": job.spec.trainer.replicas,
+        "rollout": desired_rollouts(job, body),
+        "rolloutMin": job.spec.rollout.minReplicas,
+    }
+    report = await probe(job, namespace) if probe is not None else None
+    complete = c.COMPLETE in terminal or bool(report and report.get("complete"))
+    backoff = _annotation(body, BACKOFF_ANNOTATION)
+    failures = _annotation(body, FAILURES_ANNOTATION)
+    consecutive: dict[str, int] = dict(failures.get("consecutive") or {})
+    nodes: dict[str, int] = dict(failures.get("nodes") or {})
+    restarting = False
+    annotations_before = (json.dumps(backoff, sort_keys=True), json.dumps(failures, sort_keys=True))
+
+    async def delete_pods(victims: list[dict[str, Any]]) -> None:
+        for pod in victims:
+            if await kube.delete(namespace, "pods", pod["metadata"]["name"]):
+                outcome.deleted.append(pod["metadata"]["name"])
+
+    if job.spec.suspend or complete or failed:
+        await delete_pods(pods)
+        pods = []
+    else:
+        await _ensure_shared_children(kube, body, job, outcome)
+        by_name = {p["metadata"]["name"]: p for p in pods}
+        ft = job.spec.faultTolerance
+        for pod in list(pods):
+            role, _ = _role_of(pod)
+            phase = (pod.get("status") or {}).get("phase")
+            if phase not in ("Failed", "Succeeded") or (role == "trainer" and phase == "Succeeded"):
+                continue
+            pod_id = pod["metadata"]["name"]
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node:
+                nodes[node] = nodes.get(node, 0) + 1
+            consecutive[pod_id] = consecutive.get(pod_id, 0) + 1
+            decision = policy.on_failure(
+                role,
+                pod_id,
+                sum(restarts.values()),
+                consecutive[pod_id],
+                ft.maxRestarts,
+                ft.restartBackoffSeconds,
+                ft.maxRestartBackoffSeconds,
+            )
+            await event(kube, body, decision.reason, decision.message, warning=True)
+            if decision.action == "fail":
+                failed = (c.RESTART_LIMIT_EXCEEDED, decision.message)
+                await delete_pods(pods)
+                pods = []
+                break
+            restarting = True
+            restarts[role] = restarts.get(role, 0) + 1
+            victims = [pod]
+            if decision.action in ("restart_gang", "restart_controller"):
+                victims += [p for p in pods if _role_of(p)[0] == "trainer" and p is not pod]
+            for victim in victims:
+                backoff[victim["metadata"]["name"]] = clock() + decision.delay
+            await delete_pods(victims)
+            pods = [p for p in pods if p not in victims]
+        if not failed:
+            avoid = policy.avoided_nodes(nodes, ft.nodeFailureThreshold)
+            cfg = builders.render_config(job)
+            wanted = [("controller", 0)] + [("trainer", i) for i in range(desired["trainer"])]
+            wanted += [("rollout", i) for i in range(desired["rollout"])]
+            present = {_role_of(p) for p in pods}
+            for role, index in wanted:
+                pod_id = builders.pod_name(name, role, index)
+                if (role, index) in present:
+                    continue
+                if backoff.get(pod_id, 0) > clock():
+                    restarting = True
+                    continue
+                backoff.pop(pod_id, None)
+                manifest = adopt(builders.build_pod(job, cfg, role, index, avoid_nodes=avoid), body)
+                await kube.create(namespace, "pods", manifest)
+                outcome.created.append(pod_id)
+            extra = [p for p in pods if _role_of(p)[0] == "rollout" and _role_of(p)[1] >= desired["rollout"]]
+            await delete_pods(extra)
+            pods = [p for p in pods if p not in extra and p["metadata"]["name"] in by_name]
+            for pod in pods:
+                ready_since = st.pod_ready(pod)
+                if ready_since and consecutive.get(pod["metadata"]["name"]):
+                    consecutive.pop(pod["metadata"]["name"])  # ran: the next failure starts backoff over
+    if (
+        json.dumps(backoff, sort_keys=True),
+        json.dumps({"consecutive": consecutive, "nodes": nodes}, sort_keys=True),
+    ) != annotations_before:
+        await kube.merge_patch(
+            path(namespace, "rljobs", name),
+            {
+                "metadata": {
+                    "annotations": {
+                        BACKOFF_ANNOTATION: json.dumps(backoff, sort_keys=True),
+                        FAILURES_ANNOTATION: json.dumps({"consecutive": consecutive, "nodes": nodes}, sort_keys=True),
+                    }
+                }
+            },
+        )
+    seen = st.Observed(
+        generation=meta.get("generation", 0),
+        pods=pods,
+        desired=desired,
+        restarts=restarts,
+        controller=report,
+        suspended=job.spec.suspend,
+        failed=failed,
+        complete=complete,
+        restarting=restarting,
+        avoided_nodes=policy.avoided_nodes(nodes, job.spec.faultTolerance.nodeFailureThreshold),
+        selector=builders.selector(name, "rollout"),
+        start_time=now if outcome.created else None,
+        completion_time=now if (complete or failed) else None,
+    )
+    new = st.compute(old, seen, now)
+    outcome.status_patch = st.diff(old, new)
+    if failed and c.FAILED not in terminal:
+        outcome.permanent_error = failed[1]
+    return outcome
+
+
+async def _ensure_shared_children(kube: Kube, body: dict[str, Any], job: RLJob, outcome: Outcome) -> None:
+    """ConfigMap (kept in sync with the spec), Secret (a random token, created once), Services."""
+    namespace = job.metadata.namespace or "default"
+    cfg = builders.render_config(job)
+    config_map = adopt(builders.build_config_map(job, cfg), body)
+    existing = await kube.get(path(namespace, "configmaps", config_map["metadata"]["name"]))
+    if existing is None:
+        await kube.create(namespace, "configmaps", config_map)
+        outcome.created.append(config_map["metadata"]["name"])
+    elif existing.get("data") != config_map["data"]:
+        await kube.merge_patch(
+            path(namespace, "configmaps", config_map["metadata"]["name"]), {"data": config_map["data"]}
+        )
+    secret_name = builders.secret_name(job.metadata.name)
+    if await kube.get(path(namespace, "secrets", secret_name)) is None:
+        await kube.create(namespace, "secrets", adopt(builders.build_secret(job, secrets.token_urlsafe(32)), body))
+        outcome.created.append(secret_name)
+    for service in builders.build_services(job, cfg):
+        if await kube.get(path(namespace, "services", service["metadata"]["name"])) is None:
+            await kube.create(namespace, "services", adopt(service, body))
+            outcome.created.append(service["metadata"]["name"])
+
+
+async def reconcile_and_patch(
+    kube: Kube, body: dict[str, Any], probe: ControllerProbe | None = None, clock: Callable[[], float] = time.time
+) -> Outcome:
+    """reconcile(), then one status patch through the status subresource, and only if something changed."""
+    outcome = await reconcile(kube, body, probe, clock)
+    if outcome.status_patch:
+        meta = body["metadata"]
+        await kube.merge_patch(
+            path(meta.get("namespace", "default"), "rljobs", meta["name"], "status"), {"status": outcome.status_patch}
+        )
+    return outcome

@@ -1,0 +1,177 @@
+"""reconcile() at the request level against kmock's Kubernetes emulator (kopf's own testing library)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+from kmock import KubernetesEmulator, ResourceInfo, Server
+
+from kuberl_operator.kube import Kube, path
+from kuberl_operator.reconcile import BACKOFF_ANNOTATION, reconcile_and_patch
+from support.specs import minimal_job
+
+RESOURCES = ["v1/pods", "v1/configmaps", "v1/secrets", "v1/services", "v1/events", "kuberl.io/v1alpha1/rljobs"]
+
+
+@pytest_asyncio.fixture
+async def api() -> AsyncIterator[tuple[KubernetesEmulator, Kube]]:
+    async with KubernetesEmulator() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
+        for resource in RESOURCES:
+            emulator.resources[resource] = ResourceInfo(namespaced=True)
+        yield emulator, Kube(str(server.url), session)
+
+
+async def _job(kube: Kube, **spec: Any) -> dict[str, Any]:
+    doc = minimal_job(**spec)
+    doc["metadata"].update(uid="uid-1", generation=1)
+    await kube.create("default", "rljobs", doc)
+    body = await kube.get(path("default", "rljobs", "job"))
+    assert body is not None
+    return body
+
+
+async def _body(kube: Kube) -> dict[str, Any]:
+    body = await kube.get(path("default", "rljobs", "job"))
+    assert body is not None
+    return body
+
+
+async def _set_phase(kube: Kube, name: str, phase: str, ready: bool = True, node: str = "node-1") -> None:
+    await kube.merge_patch(
+        path("default", "pods", name),
+        {
+            "spec": {"nodeName": node},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+        },
+    )
+
+
+async def _pods(kube: Kube) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in await kube.list("default", "pods", "kuberl.io/job=job"))
+
+
+async def test_create_builds_every_child_with_owner_references(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    body = await _job(kube, trainer={"replicas": 2}, rollout={"minReplicas": 2, "maxReplicas": 3})
+    outcome = await reconcile_and_patch(kube, body)
+    assert sorted(outcome.created) == sorted(
+        [
+            "job-config",
+            "job-token",
+            "job-controller",
+            "job-trainer",
+            "job-controller-0",
+            "job-trainer-0",
+            "job-trainer-1",
+            "job-rollout-0",
+            "job-rollout-1",
+        ]
+    )
+    pods = await kube.list("default", "pods", "kuberl.io/job=job")
+    assert all(p["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for p in pods)
+    status = (await _body(kube))["status"]
+    assert status["trainers"] == "0/2" and status["rollouts"] == "0/2"
+    ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Pending")
+
+
+async def test_second_reconcile_without_changes_writes_nothing(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    await reconcile_and_patch(kube, await _job(kube))
+    for name in await _pods(kube):
+        await _set_phase(kube, name, "Running")
+    await reconcile_and_patch(kube, await _body(kube))  # observes readiness: one status patch
+    status = (await _body(kube))["status"]
+    assert next(x for x in status["conditions"] if x["type"] == "Ready")["reason"] == "Running"
+    writes_before = kube.writes
+    outcome = await reconcile_and_patch(kube, await _body(kube))
+    assert outcome.status_patch == {} and outcome.created == [] and kube.writes == writes_before
+
+
+async def test_failed_rollout_pod_recreated_after_backoff(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    await reconcile_and_patch(kube, await _job(kube, faultTolerance={"restartBackoffSeconds": 10}))
+    await _set_phase(kube, "job-rollout-0", "Failed", ready=False)
+    now = [1000.0]
+    outcome = await reconcile_and_patch(kube, await _body(kube), clock=lambda: now[0])
+    assert outcome.deleted == ["job-rollout-0"] and "job-rollout-0" not in outcome.created
+    body = await _body(kube)
+    assert "job-rollout-0" in body["metadata"]["annotations"][BACKOFF_ANNOTATION]
+    assert {r["name"]: r["restarts"] for r in body["status"]["roles"]}["rollout"] == 1
+    assert "job-rollout-0" not in (await reconcile_and_patch(kube, body, clock=lambda: now[0] + 5)).created
+    now[0] += 11
+    assert "job-rollout-0" in (await reconcile_and_patch(kube, await _body(kube), clock=lambda: now[0])).created
+
+
+async def test_trainer_failure_restarts_the_gang(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    await reconcile_and_patch(
+        kube, await _job(kube, trainer={"replicas": 3}, faultTolerance={"restartBackoffSeconds": 0})
+    )
+    await _set_phase(kube, "job-trainer-1", "Failed", ready=False)
+    outcome = await reconcile_and_patch(kube, await _body(kube))
+    gang = ["job-trainer-0", "job-trainer-1", "job-trainer-2"]
+    assert sorted(outcome.deleted) == gang  # every rank goes, not only the failed one
+    assert sorted(outcome.created) == gang  # and comes back at once (backoff 0), from the checkpoint
+    body = await _body(kube)
+    assert {r["name"]: r["restarts"] for r in body["status"]["roles"]}["trainer"] == 1
+
+
+async def test_restart_limit_fails_the_job_and_cleans_up(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    await reconcile_and_patch(kube, await _job(kube, faultTolerance={"maxRestarts": 0}))
+    await _set_phase(kube, "job-controller-0", "Failed", ready=False)
+    outcome = await reconcile_and_patch(kube, await _body(kube))
+    assert outcome.permanent_error is not None and "maxRestarts=0" in outcome.permanent_error
+    assert await _pods(kube) == []
+    failed = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "RestartLimitExceeded")
+
+
+async def test_invalid_spec_gets_condition_and_warning_event_and_no_pods(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    body = await _job(kube, rollout={"minReplicas": 4, "maxReplicas": 2})  # a cluster that skipped CEL
+    outcome = await reconcile_and_patch(kube, body)
+    assert outcome.permanent_error == "spec.rollout.minReplicas: must be <= maxReplicas (4 > 2)"
+    assert await _pods(kube) == []
+    failed = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.rollout.minReplicas" in failed["message"]
+    events = await kube.list("default", "events", "")
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]
+    assert "spec.rollout.minReplicas" in events[0]["message"]
+
+
+async def test_suspend_deletes_pods_and_keeps_status(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    await reconcile_and_patch(kube, await _job(kube))
+    await kube.merge_patch(path("default", "rljobs", "job"), {"spec": {"suspend": True}})
+    outcome = await reconcile_and_patch(kube, await _body(kube))
+    assert len(outcome.deleted) == 3 and await _pods(kube) == []
+    suspended = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Suspended")
+    assert suspended["status"] == "True"
+    await kube.merge_patch(path("default", "rljobs", "job"), {"spec": {"suspend": False}})
+    assert len((await reconcile_and_patch(kube, await _body(kube))).created) == 3
+
+
+async def test_completion_reported_by_the_controller(api: tuple[KubernetesEmulator, Kube]) -> None:
+    _, kube = api
+    await reconcile_and_patch(kube, await _job(kube))
+
+    async def probe(job: Any, namespace: str) -> dict[str, Any]:
+        return {
+            "complete": True,
+            "step": 100,
+            "policyVersion": 100,
+            "budgetFill": 0.0,
+            "tokensPerSecond": 12.5,
+            "lastCheckpoint": "/var/kuberl/checkpoints/controller-00000100.json",
+        }
+
+    await reconcile_and_patch(kube, await _body(kube), probe=probe)
+    status = (await _body(kube))["status"]
+    assert await _pods(kube) == [] and status["step"] == 100 and "completionTime" in status
+    complete = next(x for x in status["conditions"] if x["type"] == "Complete")
+    assert complete["status"] == "True"
