@@ -1,4 +1,4 @@
-"""The `kuberl` command line: crd, validate, explain, run (later: operator)."""
+"""The `kuberl` command line: crd, validate, explain, run, operator."""
 
 from __future__ import annotations
 
@@ -62,6 +62,21 @@ def _run(args: argparse.Namespace) -> int:
     return LocalRun(job, run_dir, resume=args.resume).run()
 
 
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    import kuberl_operator.main  # noqa: F401 - registers the handlers with kopf
+
+    kopf.run(
+        standalone=args.standalone,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kuberl", description="Kubernetes-native elastic RL for LLM post-training.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -85,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="where config, logs, checkpoints and metrics go (default runs/NAME-TIME)")
     run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     run.set_defaults(func=_run)
+
+    operator = sub.add_parser("operator", help="run the kopf operator that reconciles RLJobs in a cluster")
+    operator.add_argument("--standalone", action="store_true", help="one replica, no peering")
+    operator.add_argument("--namespace", action="append", help="watch this namespace (repeat); default: all")
+    operator.add_argument("--peering", default="kuberl", help="kopf peering name for active/standby replicas")
+    operator.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL")
+    operator.set_defaults(func=_operator)
     return top
 
 

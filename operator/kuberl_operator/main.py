@@ -1,0 +1,51 @@
+"""The kopf entry point: startup settings and handler registration only; every handler delegates."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kuberl_operator import handlers
+from kuberl_operator.api.rljob import GROUP, PLURAL, VERSION
+
+RESOURCE: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL}
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = "kuberl.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kuberl.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kuberl.io", key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        await handlers.start(info)
+    return info
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    await handlers.stop()
+
+
+@kopf.on.create(**RESOURCE)
+@kopf.on.update(**RESOURCE)
+@kopf.on.resume(**RESOURCE)
+async def on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    await handlers.reconcile(body, logger)
+
+
+@kopf.timer(**RESOURCE, interval=10, initial_delay=10)
+async def on_timer(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    await handlers.reconcile(body, logger)

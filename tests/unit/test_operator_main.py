@@ -1,0 +1,45 @@
+"""The kopf entry point registers the handlers and startup settings, and stays thin."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import kopf
+import pytest
+
+import kuberl_operator.main as main
+from kuberl_operator.cli import main as cli
+
+
+def test_handlers_registered_for_rljobs() -> None:
+    registry = kopf.get_default_registry()
+    changing = registry._changing.get_all_handlers()  # create / update / resume
+    timers = registry._spawning.get_all_handlers()
+    assert {getattr(h.fn, "__name__", "") for h in changing} == {"on_change"}
+    assert {getattr(h.fn, "__name__", "") for h in timers} == {"on_timer"}
+    handlers = [*changing, *timers]
+    resources = {(h.selector.group, h.selector.version, h.selector.plural) for h in handlers if h.selector}
+    assert ("kuberl.io", "v1alpha1", "rljobs") in resources
+
+
+async def test_startup_settings() -> None:
+    settings = kopf.OperatorSettings()
+    await main.startup(settings=settings)  # type: ignore[call-arg,misc]
+    assert settings.persistence.finalizer == "kuberl.io/finalizer"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert settings.persistence.progress_storage.prefix == "kuberl.io"
+    assert settings.watching.server_timeout == 300
+
+
+def test_main_stays_thin() -> None:
+    """Every handler body is a single delegating statement (crate-operator's style)."""
+    tree = ast.parse(Path(main.__file__).read_text())
+    for fn in (n for n in tree.body if isinstance(n, ast.AsyncFunctionDef) and n.name.startswith("on_")):
+        assert len(fn.body) == 1, fn.name
+
+
+def test_operator_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli(["operator", "--help"])
+    assert "--standalone" in capsys.readouterr().out
