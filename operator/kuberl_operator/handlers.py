@@ -12,15 +12,28 @@ from typing import Any
 import aiohttp
 import kopf
 
-from kuberl_operator import builders
+from kuberl_operator import builders, metrics
 from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.kube import ApiError, Kube, path
 from kuberl_operator.reconcile import reconcile_and_patch
+from kuberl_operator.scaler import ScalerState, scale_once
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 10
 _state: dict[str, Any] = {}
 _locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+
+def serve_metrics() -> None:
+    """Operator metrics on :8080/metrics (port from $KUBERL_OPERATOR_METRICS_PORT)."""
+    import os
+
+    from prometheus_client import start_http_server
+
+    if "metrics" not in _state:
+        _state["metrics"] = start_http_server(
+            int(os.environ.get("KUBERL_OPERATOR_METRICS_PORT", "8080")), registry=metrics.REGISTRY
+        )
 
 
 async def start(info: kopf.ConnectionInfo) -> None:
@@ -47,19 +60,50 @@ async def stop() -> None:
             await session.close()
 
 
-async def probe(job: RLJob, namespace: str) -> dict[str, Any] | None:
-    """The job controller's /v1/status, with the job's token; None while it is unreachable."""
+async def _controller(
+    job: RLJob, namespace: str, method: str, route: str, body: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Call the job controller's API with the job's token (read from its Secret); None while unreachable."""
     kube: Kube = _state["kube"]
     secret = await kube.get(path(namespace, "secrets", builders.secret_name(job.metadata.name)))
     if not secret or "token" not in (secret.get("data") or {}):
         return None
     token = base64.b64decode(secret["data"]["token"]).decode()
-    url = f"http://{builders.controller_service(job.metadata.name)}.{namespace}.svc:8000/v1/status"
+    url = f"http://{builders.controller_service(job.metadata.name)}.{namespace}.svc:8000{route}"
     try:
-        async with _state["probe_session"].get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+        async with _state["probe_session"].request(
+            method, url, json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as response:
             return dict(await response.json()) if response.status == 200 else None
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
+
+
+async def probe(job: RLJob, namespace: str) -> dict[str, Any] | None:
+    return await _controller(job, namespace, "GET", "/v1/status")
+
+
+async def demand(job: RLJob, namespace: str) -> dict[str, Any] | None:
+    return await _controller(job, namespace, "GET", "/v1/demand")
+
+
+async def drain(job: RLJob, namespace: str, pod: str) -> bool:
+    reply = await _controller(job, namespace, "POST", "/v1/rollout/drain", {"worker": pod})
+    return bool(reply and reply.get("drained"))
+
+
+async def scale_forever(body: kopf.Body, stopped: kopf.DaemonStopped, interval: float = 5.0) -> None:
+    """The per-job scaler daemon: one decision every `interval` seconds until the job goes away."""
+    import time
+
+    state = ScalerState()
+    meta = body.metadata
+    while not stopped:
+        try:
+            await scale_once(_state["kube"], dict(body), demand, drain, state, time.monotonic())
+        except (ApiError, aiohttp.ClientError) as error:
+            log.warning("scaling %s/%s failed: %s", meta.namespace, meta.name, error)
+        await stopped.wait(interval)
 
 
 async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> None:
@@ -67,13 +111,22 @@ async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> No
     key = f"{body.metadata.namespace}/{body.metadata.name}"
     async with _locks[key]:
         try:
-            outcome = await reconcile_and_patch(_state["kube"], dict(body), probe=probe)
+            with metrics.RECONCILE_SECONDS.time():
+                outcome = await reconcile_and_patch(_state["kube"], dict(body), probe=probe)
         except ApiError as error:
+            metrics.RECONCILES.labels("error").inc()
             if 400 <= error.status < 500 and error.status not in (404, 409, 429):
                 raise kopf.PermanentError(str(error)) from error
             raise kopf.TemporaryError(str(error), delay=RETRY_SECONDS) from error
         except aiohttp.ClientError as error:
+            metrics.RECONCILES.labels("error").inc()
             raise kopf.TemporaryError(f"API server unreachable: {error}", delay=RETRY_SECONDS) from error
+    metrics.RECONCILES.labels(
+        "changed" if outcome.status_patch or outcome.created or outcome.deleted else "unchanged"
+    ).inc()
+    metrics.observe_status(
+        body.metadata.name or "", body.metadata.namespace or "", {**(body.get("status") or {}), **outcome.status_patch}
+    )
     if outcome.created or outcome.deleted:
         logger.info("created %s, deleted %s", outcome.created, outcome.deleted)
     if outcome.permanent_error:

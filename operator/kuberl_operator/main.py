@@ -24,6 +24,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING
+    handlers.serve_metrics()
 
 
 @kopf.on.login()
@@ -49,3 +50,8 @@ async def on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 @kopf.timer(**RESOURCE, interval=10, initial_delay=10)
 async def on_timer(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)
+
+
+@kopf.daemon(**RESOURCE, cancellation_timeout=10)
+async def on_scaler(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    await handlers.scale_forever(body, stopped)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import socket
+import urllib.request
 from pathlib import Path
 
 import kopf
@@ -17,15 +19,29 @@ def test_handlers_registered_for_rljobs() -> None:
     changing = registry._changing.get_all_handlers()  # create / update / resume
     timers = registry._spawning.get_all_handlers()
     assert {getattr(h.fn, "__name__", "") for h in changing} == {"on_change"}
-    assert {getattr(h.fn, "__name__", "") for h in timers} == {"on_timer"}
+    assert {getattr(h.fn, "__name__", "") for h in timers} == {"on_timer", "on_scaler"}
     handlers = [*changing, *timers]
     resources = {(h.selector.group, h.selector.version, h.selector.plural) for h in handlers if h.selector}
     assert ("kuberl.io", "v1alpha1", "rljobs") in resources
 
 
-async def test_startup_settings() -> None:
+async def test_startup_settings_and_metrics_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("KUBERL_OPERATOR_METRICS_PORT", str(port))
     settings = kopf.OperatorSettings()
     await main.startup(settings=settings)  # type: ignore[call-arg,misc]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for name in (
+        "kuberl_operator_reconciles",
+        "kuberl_operator_reconcile_seconds",
+        "kuberl_operator_replicas",
+        "kuberl_operator_scaling_decisions",
+        "kuberl_operator_job_condition",
+    ):
+        assert f"# HELP {name}" in text
     assert settings.persistence.finalizer == "kuberl.io/finalizer"
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert settings.persistence.progress_storage.prefix == "kuberl.io"

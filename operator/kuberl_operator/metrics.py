@@ -1,0 +1,34 @@
+"""The operator's Prometheus metrics (served on :8080/metrics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+JOB = ("job", "namespace")
+RECONCILES = Counter("kuberl_operator_reconciles", "Reconciles by result", ("result",), registry=REGISTRY)
+RECONCILE_SECONDS = Histogram("kuberl_operator_reconcile_seconds", "Reconcile duration", registry=REGISTRY)
+JOBS = Gauge(
+    "kuberl_operator_job_condition", "1 when the job's condition is True", (*JOB, "condition"), registry=REGISTRY
+)
+REPLICAS = Gauge(
+    "kuberl_operator_replicas", "Pods per role: desired and ready", (*JOB, "role", "kind"), registry=REGISTRY
+)
+RESTARTS = Gauge(
+    "kuberl_operator_restarts",
+    "Restarts per role (rollout: pod, trainer: gang, controller)",
+    (*JOB, "role"),
+    registry=REGISTRY,
+)
+SCALING = Counter("kuberl_operator_scaling_decisions", "Rollout pool resizes", (*JOB, "direction"), registry=REGISTRY)
+
+
+def observe_status(job: str, namespace: str, status: dict[str, Any]) -> None:
+    for condition in status.get("conditions") or []:
+        JOBS.labels(job, namespace, condition["type"]).set(1.0 if condition["status"] == "True" else 0.0)
+    for role in status.get("roles") or []:
+        REPLICAS.labels(job, namespace, role["name"], "desired").set(role["desired"])
+        REPLICAS.labels(job, namespace, role["name"], "ready").set(role["ready"])
+        RESTARTS.labels(job, namespace, role["name"]).set(role.get("restarts", 0))
