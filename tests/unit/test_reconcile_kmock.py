@@ -6,19 +6,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 import pytest_asyncio
-from kmock import KubernetesEmulator, ResourceInfo, Server
+from kmock import ResourceInfo, Server
 
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.reconcile import BACKOFF_ANNOTATION, reconcile_and_patch
+from support.apiserver import EmulatedApiServer, UncheckedApiServer
 from support.specs import minimal_job
 
 RESOURCES = ["v1/pods", "v1/configmaps", "v1/secrets", "v1/services", "v1/events", "kuberl.io/v1alpha1/rljobs"]
 
 
-@pytest_asyncio.fixture
-async def api() -> AsyncIterator[tuple[KubernetesEmulator, Kube]]:
-    async with KubernetesEmulator() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
+@pytest_asyncio.fixture(params=[EmulatedApiServer])
+async def api(request: pytest.FixtureRequest) -> AsyncIterator[tuple[EmulatedApiServer, Kube]]:
+    async with request.param() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
         for resource in RESOURCES:
             emulator.resources[resource] = ResourceInfo(namespaced=True)
         yield emulator, Kube(str(server.url), session)
@@ -26,7 +28,6 @@ async def api() -> AsyncIterator[tuple[KubernetesEmulator, Kube]]:
 
 async def _job(kube: Kube, **spec: Any) -> dict[str, Any]:
     doc = minimal_job(**spec)
-    doc["metadata"].update(uid="uid-1", generation=1)
     await kube.create("default", "rljobs", doc)
     body = await kube.get(path("default", "rljobs", "job"))
     assert body is not None
@@ -40,12 +41,11 @@ async def _body(kube: Kube) -> dict[str, Any]:
 
 
 async def _set_phase(kube: Kube, name: str, phase: str, ready: bool = True, node: str = "node-1") -> None:
+    """What the scheduler (nodeName) and the kubelet (status, through the subresource) would write."""
+    await kube.merge_patch(path("default", "pods", name), {"spec": {"nodeName": node}})
     await kube.merge_patch(
-        path("default", "pods", name),
-        {
-            "spec": {"nodeName": node},
-            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
-        },
+        path("default", "pods", name, "status"),
+        {"status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}},
     )
 
 
@@ -53,7 +53,7 @@ async def _pods(kube: Kube) -> list[str]:
     return sorted(p["metadata"]["name"] for p in await kube.list("default", "pods", "kuberl.io/job=job"))
 
 
-async def test_create_builds_every_child_with_owner_references(api: tuple[KubernetesEmulator, Kube]) -> None:
+async def test_create_builds_every_child_with_owner_references(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     body = await _job(kube, trainer={"replicas": 2}, rollout={"minReplicas": 2, "maxReplicas": 3})
     outcome = await reconcile_and_patch(kube, body)
@@ -71,14 +71,14 @@ async def test_create_builds_every_child_with_owner_references(api: tuple[Kubern
         ]
     )
     pods = await kube.list("default", "pods", "kuberl.io/job=job")
-    assert all(p["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for p in pods)
+    assert all(p["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"] for p in pods)
     status = (await _body(kube))["status"]
     assert status["trainers"] == "0/2" and status["rollouts"] == "0/2"
     ready = next(x for x in status["conditions"] if x["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Pending")
 
 
-async def test_second_reconcile_without_changes_writes_nothing(api: tuple[KubernetesEmulator, Kube]) -> None:
+async def test_second_reconcile_without_changes_writes_nothing(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube))
     for name in await _pods(kube):
@@ -91,7 +91,7 @@ async def test_second_reconcile_without_changes_writes_nothing(api: tuple[Kubern
     assert outcome.status_patch == {} and outcome.created == [] and kube.writes == writes_before
 
 
-async def test_failed_rollout_pod_recreated_after_backoff(api: tuple[KubernetesEmulator, Kube]) -> None:
+async def test_failed_rollout_pod_recreated_after_backoff(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube, faultTolerance={"restartBackoffSeconds": 10}))
     await _set_phase(kube, "job-rollout-0", "Failed", ready=False)
@@ -106,7 +106,7 @@ async def test_failed_rollout_pod_recreated_after_backoff(api: tuple[KubernetesE
     assert "job-rollout-0" in (await reconcile_and_patch(kube, await _body(kube), clock=lambda: now[0])).created
 
 
-async def test_trainer_failure_restarts_the_gang(api: tuple[KubernetesEmulator, Kube]) -> None:
+async def test_trainer_failure_restarts_the_gang(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(
         kube, await _job(kube, trainer={"replicas": 3}, faultTolerance={"restartBackoffSeconds": 0})
@@ -120,7 +120,7 @@ async def test_trainer_failure_restarts_the_gang(api: tuple[KubernetesEmulator, 
     assert {r["name"]: r["restarts"] for r in body["status"]["roles"]}["trainer"] == 1
 
 
-async def test_restart_limit_fails_the_job_and_cleans_up(api: tuple[KubernetesEmulator, Kube]) -> None:
+async def test_restart_limit_fails_the_job_and_cleans_up(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube, faultTolerance={"maxRestarts": 0}))
     await _set_phase(kube, "job-controller-0", "Failed", ready=False)
@@ -131,7 +131,8 @@ async def test_restart_limit_fails_the_job_and_cleans_up(api: tuple[KubernetesEm
     assert (failed["status"], failed["reason"]) == ("True", "RestartLimitExceeded")
 
 
-async def test_invalid_spec_gets_condition_and_warning_event_and_no_pods(api: tuple[KubernetesEmulator, Kube]) -> None:
+@pytest.mark.parametrize("api", [UncheckedApiServer], indirect=True)
+async def test_invalid_spec_gets_condition_and_warning_event_and_no_pods(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     body = await _job(kube, rollout={"minReplicas": 4, "maxReplicas": 2})  # a cluster that skipped CEL
     outcome = await reconcile_and_patch(kube, body)
@@ -144,7 +145,7 @@ async def test_invalid_spec_gets_condition_and_warning_event_and_no_pods(api: tu
     assert "spec.rollout.minReplicas" in events[0]["message"]
 
 
-async def test_suspend_deletes_pods_and_keeps_status(api: tuple[KubernetesEmulator, Kube]) -> None:
+async def test_suspend_deletes_pods_and_keeps_status(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube))
     await kube.merge_patch(path("default", "rljobs", "job"), {"spec": {"suspend": True}})
@@ -156,7 +157,7 @@ async def test_suspend_deletes_pods_and_keeps_status(api: tuple[KubernetesEmulat
     assert len((await reconcile_and_patch(kube, await _body(kube))).created) == 3
 
 
-async def test_completion_reported_by_the_controller(api: tuple[KubernetesEmulator, Kube]) -> None:
+async def test_completion_reported_by_the_controller(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube))
 

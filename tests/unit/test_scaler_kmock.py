@@ -7,11 +7,12 @@ from typing import Any
 
 import aiohttp
 import pytest_asyncio
-from kmock import KubernetesEmulator, ResourceInfo, Server
+from kmock import ResourceInfo, Server
 
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.reconcile import SCALE_ANNOTATION, reconcile_and_patch
 from kuberl_operator.scaler import ScalerState, scale_once
+from support.apiserver import EmulatedApiServer
 from support.specs import minimal_job
 
 RESOURCES = ["v1/pods", "v1/configmaps", "v1/secrets", "v1/services", "v1/events", "kuberl.io/v1alpha1/rljobs"]
@@ -19,7 +20,7 @@ RESOURCES = ["v1/pods", "v1/configmaps", "v1/secrets", "v1/services", "v1/events
 
 @pytest_asyncio.fixture
 async def kube() -> AsyncIterator[Kube]:
-    async with KubernetesEmulator() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
+    async with EmulatedApiServer() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
         for resource in RESOURCES:
             emulator.resources[resource] = ResourceInfo(namespaced=True)
         yield Kube(str(server.url), session)
@@ -33,7 +34,6 @@ async def _body(kube: Kube) -> dict[str, Any]:
 
 async def test_scale_up_now_down_after_drain_and_window(kube: Kube) -> None:
     doc = minimal_job(rollout={"minReplicas": 1, "maxReplicas": 4, "scaleDownDelaySeconds": 30})
-    doc["metadata"].update(uid="u", generation=1)
     await kube.create("default", "rljobs", doc)
     await reconcile_and_patch(kube, await _body(kube))
     wanted = {"n": 3}
@@ -70,7 +70,6 @@ async def test_scale_up_now_down_after_drain_and_window(kube: Kube) -> None:
 
 async def test_pin_wins(kube: Kube) -> None:
     doc = minimal_job(rollout={"minReplicas": 1, "maxReplicas": 4, "replicas": 2})
-    doc["metadata"].update(uid="u", generation=1)
     await kube.create("default", "rljobs", doc)
 
     async def demand(job: Any, namespace: str) -> dict[str, Any]:
