@@ -139,3 +139,16 @@ async def test_owner_references_are_garbage_collected(kube: Kube) -> None:
     assert await kube.get(path("default", "pods", "p")) is None
     assert await kube.get(path("default", "configmaps", "grandchild")) is None
     assert await kube.get(path("default", "configmaps", "unrelated")) is not None
+
+
+async def test_finalizers_hold_deletion(kube: Kube) -> None:
+    """Real API server: deleting an object with finalizers only sets deletionTimestamp; it goes once the last
+    finalizer is removed (kopf's kuberl.io/finalizer relies on this)."""
+    doc = minimal_job()
+    doc["metadata"]["finalizers"] = ["kuberl.io/finalizer"]
+    await kube.create("default", "rljobs", doc)
+    await kube.delete("default", "rljobs", "job")
+    held = await kube.get(path("default", "rljobs", "job"))
+    assert held is not None and held["metadata"]["deletionTimestamp"]
+    await kube.merge_patch(path("default", "rljobs", "job"), {"metadata": {"finalizers": []}})
+    assert await kube.get(path("default", "rljobs", "job")) is None
