@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,7 @@ from kuberl_workers.config import (
     Ports,
 )
 from support.jobs import TOKEN, job_config
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from support.net import free_port
 
 
 def _get(url: str, auth: bool = True) -> tuple[int, Any]:
@@ -40,7 +34,7 @@ def _get(url: str, auth: bool = True) -> tuple[int, Any]:
 
 
 def test_three_steps_with_real_processes(tmp_path: Path, tiny_dir: Path) -> None:
-    ports = Ports(controller=_port(), rollout=_port(), trainer=_port(), rendezvous=_port())
+    ports = Ports(controller=free_port(), rollout=free_port(), trainer=free_port(), rendezvous=free_port())
     cfg = job_config(
         tmp_path / "ckpt",
         model={"path": str(tiny_dir), "dtype": "float32"},

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-import pytest_asyncio
-from kmock import ResourceInfo, Server
 
 from kuberl_operator.kube import ApiError, Kube, path
-from support.apiserver import EmulatedApiServer, matches
+from support.apiserver import matches
 from support.specs import minimal_job
-
-RESOURCES = ["v1/pods", "v1/configmaps", "v1/events", "kuberl.io/v1alpha1/rljobs"]
-
-
-@pytest_asyncio.fixture
-async def kube() -> AsyncIterator[Kube]:
-    async with EmulatedApiServer() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
-        for resource in RESOURCES:
-            emulator.resources[resource] = ResourceInfo(namespaced=True)
-        yield Kube(str(server.url), session)
 
 
 async def _raw_create(kube: Kube, plural: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from kuberl_workers.config import ENV_CONFIG, ENV_POD_IP, ENV_TOKEN_FILE, Ports
 from support.jobs import TOKEN, job_config
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+from support.net import free_port, http_get
 
 
 def test_controller_process_serves_and_stops(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = job_config(tmp_path / "ckpt").model_copy(update={"ports": Ports(controller=port)})
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
     (tmp_path / "token").write_text(TOKEN + "\n")
@@ -50,14 +33,14 @@ def test_controller_process_serves_and_stops(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if _get(f"{base}/healthz")[0] == 200:
+                if http_get(f"{base}/healthz")[0] == 200:
                     break
             except OSError:
                 time.sleep(0.2)
-        assert _get(f"{base}/v1/status")[0] == 401
-        code, body = _get(f"{base}/v1/demand", TOKEN)
+        assert http_get(f"{base}/v1/status")[0] == 401
+        code, body = http_get(f"{base}/v1/demand", TOKEN)
         assert code == 200 and json.loads(body)["tokenBudget"] == cfg.c3po.tokenBudget
-        code, body = _get(f"{base}/metrics")
+        code, body = http_get(f"{base}/metrics")
         assert code == 200 and b"kuberl_budget_fill" in body
     finally:
         proc.terminate()

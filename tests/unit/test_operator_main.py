@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 import kuberl_operator.main as main
 from kuberl_operator.cli import main as cli
+from support.net import free_port
 
 
 def test_handlers_registered_for_rljobs() -> None:
@@ -26,9 +26,7 @@ def test_handlers_registered_for_rljobs() -> None:
 
 
 async def test_startup_settings_and_metrics_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("KUBERL_OPERATOR_METRICS_PORT", str(port))
     settings = kopf.OperatorSettings()
     await main.startup(settings=settings)  # type: ignore[call-arg,misc]

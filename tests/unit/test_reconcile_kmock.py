@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-import pytest_asyncio
-from kmock import ResourceInfo, Server
 
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.reconcile import BACKOFF_ANNOTATION, reconcile_and_patch
 from support.apiserver import EmulatedApiServer, UncheckedApiServer
 from support.specs import minimal_job
-
-RESOURCES = ["v1/pods", "v1/configmaps", "v1/secrets", "v1/services", "v1/events", "kuberl.io/v1alpha1/rljobs"]
-
-
-@pytest_asyncio.fixture(params=[EmulatedApiServer])
-async def api(request: pytest.FixtureRequest) -> AsyncIterator[tuple[EmulatedApiServer, Kube]]:
-    async with request.param() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
-        for resource in RESOURCES:
-            emulator.resources[resource] = ResourceInfo(namespaced=True)
-        yield emulator, Kube(str(server.url), session)
 
 
 async def _job(kube: Kube, **spec: Any) -> dict[str, Any]:

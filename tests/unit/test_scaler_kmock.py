@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
-
-import aiohttp
-import pytest_asyncio
-from kmock import ResourceInfo, Server
 
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.reconcile import SCALE_ANNOTATION, reconcile_and_patch
 from kuberl_operator.scaler import ScalerState, scale_once
-from support.apiserver import EmulatedApiServer
 from support.specs import minimal_job
-
-RESOURCES = ["v1/pods", "v1/configmaps", "v1/secrets", "v1/services", "v1/events", "kuberl.io/v1alpha1/rljobs"]
-
-
-@pytest_asyncio.fixture
-async def kube() -> AsyncIterator[Kube]:
-    async with EmulatedApiServer() as emulator, Server(emulator) as server, aiohttp.ClientSession() as session:
-        for resource in RESOURCES:
-            emulator.resources[resource] = ResourceInfo(namespaced=True)
-        yield Kube(str(server.url), session)
 
 
 async def _body(kube: Kube) -> dict[str, Any]:
