@@ -67,6 +67,7 @@ def _operator(args: argparse.Namespace) -> int:
 
     import kuberl_operator.main  # noqa: F401 - registers the handlers with kopf
 
+    kopf.configure(verbose=args.verbose)
     kopf.run(
         standalone=args.standalone,
         clusterwide=not args.namespace,
@@ -106,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     operator.add_argument("--namespace", action="append", help="watch this namespace (repeat); default: all")
     operator.add_argument("--peering", default="kuberl", help="kopf peering name for active/standby replicas")
     operator.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL")
+    operator.add_argument("--verbose", action="store_true", help="debug logging")
     operator.set_defaults(func=_operator)
     return top
 
