@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 10
 _state: dict[str, Any] = {}
 _locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+_tokens: dict[str, str] = {}
 
 
 def serve_metrics() -> None:
@@ -64,11 +65,13 @@ async def _controller(
     job: RLJob, namespace: str, method: str, route: str, body: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """Call the job controller's API with the job's token (read from its Secret); None while unreachable."""
-    kube: Kube = _state["kube"]
-    secret = await kube.get(path(namespace, "secrets", builders.secret_name(job.metadata.name)))
-    if not secret or "token" not in (secret.get("data") or {}):
-        return None
-    token = base64.b64decode(secret["data"]["token"]).decode()
+    key = f"{namespace}/{job.metadata.name}"
+    token = _tokens.get(key)
+    if token is None:  # the Secret's token never changes once created: one read per job, not one per probe
+        secret = await _state["kube"].get(path(namespace, "secrets", builders.secret_name(job.metadata.name)))
+        if not secret or "token" not in (secret.get("data") or {}):
+            return None
+        token = _tokens[key] = base64.b64decode(secret["data"]["token"]).decode()
     url = f"http://{builders.controller_service(job.metadata.name)}.{namespace}.svc:8000{route}"
     try:
         async with _state["probe_session"].request(

@@ -176,7 +176,6 @@ async def reconcile(
         pods = []
     else:
         await _ensure_shared_children(kube, body, job, outcome)
-        by_name = {p["metadata"]["name"]: p for p in pods}
         ft = job.spec.faultTolerance
         for pod in list(pods):
             role, _ = _role_of(pod)
@@ -231,11 +230,10 @@ async def reconcile(
                 outcome.created.append(pod_id)
             extra = [p for p in pods if _role_of(p)[0] == "rollout" and _role_of(p)[1] >= desired["rollout"]]
             await delete_pods(extra)
-            pods = [p for p in pods if p not in extra and p["metadata"]["name"] in by_name]
+            pods = [p for p in pods if p not in extra]
             for pod in pods:
-                ready_since = st.pod_ready(pod)
-                if ready_since and consecutive.get(pod["metadata"]["name"]):
-                    consecutive.pop(pod["metadata"]["name"])  # ran: the next failure starts backoff over
+                if st.pod_ready(pod):  # it ran: its next failure starts the backoff over
+                    consecutive.pop(pod["metadata"]["name"], None)
     if (
         json.dumps(backoff, sort_keys=True),
         json.dumps({"consecutive": consecutive, "nodes": nodes}, sort_keys=True),

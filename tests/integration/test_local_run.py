@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from support.net import http_get
 
 JOB: dict[str, Any] = {
     "apiVersion": "kuberl.io/v1alpha1",
@@ -61,12 +62,12 @@ def _controller_step(run_dir: Path) -> int | None:
     """The controller's own step counter, read through its API with the run's token."""
     try:
         cfg = json.loads((run_dir / "config.json").read_text())
-        request = urllib.request.Request(
+        code, body = http_get(
             f"http://127.0.0.2:{cfg['ports']['controller']}/v1/status",
-            headers={"Authorization": f"Bearer {(run_dir / 'token').read_text().strip()}"},
+            (run_dir / "token").read_text().strip(),
+            timeout=2,
         )
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return int(json.loads(response.read())["policyVersion"])
+        return int(json.loads(body)["policyVersion"]) if code == 200 else None
     except (OSError, ValueError, KeyError):
         return None
 

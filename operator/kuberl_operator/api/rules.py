@@ -92,7 +92,6 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,  # like the API server: "3" is not an integer
-        validate_assignment=False,
         use_attribute_docstrings=True,
         json_schema_extra=lambda schema, cls: _emit_rules(schema, cls),
     )

@@ -71,7 +71,6 @@ class Controller:
         self.bad_requests = 0
         self._pending_rewards: set[asyncio.Task[None]] = set()
         self._step_started = clock()
-        self._batch_taken: float | None = None
         self._published_at: float | None = None
         self.metrics.attach(self)
 
@@ -224,11 +223,7 @@ class Controller:
 
     def batch(self, step: int) -> Batch | None:
         """The batch of `step` if it is closed (or kept for replay); None while it is still being generated."""
-        if step in self.replay:
-            if self._batch_taken is None:
-                self._batch_taken = self.clock()
-            return self.replay[step]
-        return None
+        return self.replay.get(step)
 
     def trainer_resume_step(self, trainer_step: int) -> int:
         """The step a (re)starting trainer gang must resume from, rewinding the controller if needed."""
@@ -260,7 +255,6 @@ class Controller:
         self.scheduler.weights_published(version)
         self._published_at = now
         self._step_started = now
-        self._batch_taken = None
         if checkpointed:  # the gang can only fall back to this checkpoint now: older batches need no replay
             self.replay.clear()
             self.write_checkpoint()
