@@ -72,7 +72,8 @@ def _operator(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
-        peering_name=args.peering,
+        # a peering name makes peering mandatory in kopf, which would pause a standalone operator
+        peering_name=None if args.standalone else args.peering,
         liveness_endpoint=args.liveness,
     )
     return 0

@@ -17,12 +17,15 @@ from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.kube import ApiError, Kube, path
 from kuberl_operator.reconcile import reconcile_and_patch
 from kuberl_operator.scaler import ScalerState, scale_once
+from kuberl_workers.config import Ports
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 10
+CONTROLLER_PORT = Ports().controller
 _state: dict[str, Any] = {}
 _locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 _tokens: dict[str, str] = {}
+_requeued: dict[str, asyncio.Task[None]] = {}
 
 
 def serve_metrics() -> None:
@@ -37,9 +40,8 @@ def serve_metrics() -> None:
         )
 
 
-async def start(info: kopf.ConnectionInfo) -> None:
-    """One aiohttp session to the API server, from kopf's own login (again after a re-login)."""
-    await stop()
+def connect(info: kopf.ConnectionInfo, session: aiohttp.ClientSession) -> Kube:
+    """A client of the API server kopf logged in to (token, client certificate, CA as kopf resolved them)."""
     context: ssl.SSLContext | bool
     if info.insecure:
         context = False
@@ -48,8 +50,13 @@ async def start(info: kopf.ConnectionInfo) -> None:
         if info.certificate_path and info.private_key_path:
             context.load_cert_chain(info.certificate_path, info.private_key_path)
     headers = {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"} if info.token else {}
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-    _state["kube"] = Kube(info.server, session, headers, ssl=context)
+    return Kube(info.server, session, headers, ssl=context)
+
+
+async def start(info: kopf.ConnectionInfo) -> None:
+    """One aiohttp session to the API server, from kopf's own login (again after a re-login)."""
+    await stop()
+    _state["kube"] = connect(info, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)))
     _state["probe_session"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
 
@@ -72,7 +79,13 @@ async def _controller(
         if not secret or "token" not in (secret.get("data") or {}):
             return None
         token = _tokens[key] = base64.b64decode(secret["data"]["token"]).decode()
-    url = f"http://{builders.controller_service(job.metadata.name)}.{namespace}.svc:8000{route}"
+    # The pod's own address rather than the headless Service's DNS name: the same pod, without DNS caching
+    # pointing at a recreated controller's old address.
+    pod = await _state["kube"].get(path(namespace, "pods", builders.pod_name(job.metadata.name, "controller", 0)))
+    address = ((pod or {}).get("status") or {}).get("podIP")
+    if not address:
+        return None
+    url = f"http://{address}:{CONTROLLER_PORT}{route}"
     try:
         async with _state["probe_session"].request(
             method, url, json=body, headers={"Authorization": f"Bearer {token}"}
@@ -132,5 +145,45 @@ async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> No
     )
     if outcome.created or outcome.deleted:
         logger.info("created %s, deleted %s", outcome.created, outcome.deleted)
+    if outcome.requeue_after is not None:
+        _requeue(body.metadata.namespace or "default", body.metadata.name or "", outcome.requeue_after)
     if outcome.permanent_error:
         raise kopf.PermanentError(outcome.permanent_error)
+
+
+def _requeue(namespace: str, name: str, delay: float) -> None:
+    """Reconcile again when a restart backoff ends, instead of waiting for the next timer tick."""
+    key = f"{namespace}/{name}"
+    if key in _requeued and not _requeued[key].done():
+        return
+    _requeued[key] = asyncio.create_task(_reconcile_later(namespace, name, max(delay, 0.0) + 0.1))
+
+
+async def _reconcile_later(namespace: str, name: str, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await reconcile_by_name(namespace, name)
+
+
+async def reconcile_by_name(namespace: str, name: str) -> None:
+    """Reconcile a job by name (from a pod event or a requeue); errors wait for the next timer tick."""
+    try:
+        raw = await _state["kube"].get(path(namespace, "rljobs", name))
+        if raw is not None and not raw["metadata"].get("deletionTimestamp"):
+            await reconcile(kopf.Body(raw), log)
+    except (kopf.PermanentError, kopf.TemporaryError, ApiError, aiohttp.ClientError) as error:
+        log.warning("reconciling %s/%s failed: %s", namespace, name, error)
+
+
+async def pod_changed(body: kopf.Body, event_type: str | None) -> None:
+    """A job pod failed, finished, got ready or went away: reconcile its RLJob now, not at the next tick."""
+    owner = next((ref for ref in body.metadata.get("ownerReferences") or [] if ref.get("kind") == "RLJob"), None)
+    phase = (body.get("status") or {}).get("phase")
+    if owner is not None and (event_type == "DELETED" or phase in ("Failed", "Succeeded") or _ready(body)):
+        await reconcile_by_name(body.metadata.namespace or "default", owner["name"])
+
+
+def _ready(body: kopf.Body) -> bool:
+    return any(
+        cond.get("type") == "Ready" and cond.get("status") == "True"
+        for cond in (body.get("status") or {}).get("conditions") or []
+    )

@@ -52,6 +52,11 @@ async def on_timer(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)
 
 
+@kopf.on.event("v1", "pods", labels={"app.kubernetes.io/managed-by": "kuberl-operator"})
+async def on_pod(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> None:
+    await handlers.pod_changed(body, event.get("type"))
+
+
 @kopf.daemon(**RESOURCE, cancellation_timeout=10)
 async def on_scaler(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
     await handlers.scale_forever(body, stopped)

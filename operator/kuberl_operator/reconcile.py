@@ -32,6 +32,10 @@ class Outcome:
     permanent_error: str | None = None
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds until a pod's restart backoff ends
+
+    def requeue(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
 
 def _now() -> str:
@@ -164,7 +168,10 @@ async def reconcile(
     consecutive: dict[str, int] = dict(failures.get("consecutive") or {})
     nodes: dict[str, int] = dict(failures.get("nodes") or {})
     restarting = False
-    annotations_before = (json.dumps(backoff, sort_keys=True), json.dumps(failures, sort_keys=True))
+    annotations_before = (
+        json.dumps(backoff, sort_keys=True),
+        json.dumps({"consecutive": consecutive, "nodes": nodes}, sort_keys=True),
+    )
 
     async def delete_pods(victims: list[dict[str, Any]]) -> None:
         for pod in victims:
@@ -209,6 +216,7 @@ async def reconcile(
                 victims += [p for p in pods if _role_of(p)[0] == "trainer" and p is not pod]
             for victim in victims:
                 backoff[victim["metadata"]["name"]] = clock() + decision.delay
+            outcome.requeue(decision.delay)
             await delete_pods(victims)
             pods = [p for p in pods if p not in victims]
         if not failed:
@@ -223,6 +231,7 @@ async def reconcile(
                     continue
                 if backoff.get(pod_id, 0) > clock():
                     restarting = True
+                    outcome.requeue(backoff[pod_id] - clock())
                     continue
                 backoff.pop(pod_id, None)
                 manifest = adopt(builders.build_pod(job, cfg, role, index, avoid_nodes=avoid), body)

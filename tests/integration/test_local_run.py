@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from support.ledger import assert_every_prompt_trained_once
 from support.net import http_get
 
 JOB: dict[str, Any] = {
@@ -109,12 +110,6 @@ def _processes_of(run_dir: Path) -> list[int]:
     return found
 
 
-def _done_log(run_dir: Path) -> dict[str, Any]:
-    newest = sorted((run_dir / "checkpoints").glob("controller-*.json"))[-1]
-    body = newest.read_bytes().rstrip(b"\n").rpartition(b"\nsha256:")[0]
-    return dict(json.loads(body)["scheduler"])
-
-
 def test_kills_are_survived_and_every_prompt_trained_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     log = tmp_path / "run.log"
@@ -136,12 +131,7 @@ def test_kills_are_survived_and_every_prompt_trained_once(tmp_path: Path) -> Non
     assert steps[-1] == 8
     drops = [a - b for a, b in itertools.pairwise(seen) if b < a]
     assert all(drop <= 2 for drop in drops), seen  # never back by more than checkpoint.everySteps
-    state = _done_log(run_dir)
-    trained = [index for index, _ in state["done"]]
-    assert len(trained) == len(set(trained)), "a prompt was trained twice"
-    pending = {g["prompt_index"] for g in state["groups"]} | set(state["requeue"]) | set(state["dropped"])
-    missing = [i for i in range(state["cursor"]) if i not in trained and i not in pending]
-    assert missing == [], f"prompts lost: {missing}"
+    assert_every_prompt_trained_once(run_dir / "checkpoints")
     assert (run_dir / "progress.png").stat().st_size > 1000
     assert _processes_of(run_dir) == []
 

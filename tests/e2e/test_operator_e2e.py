@@ -1,0 +1,120 @@
+"""The real operator drives the real workers: apply → pods → trains → faults survived → Complete → collected."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import pytest
+
+from support.kubeapi import Cluster, Operator
+from support.kubelet import TestKubelet
+from support.ledger import assert_every_prompt_trained_once
+
+T = TypeVar("T")
+NAME = "e2e"
+JOB: dict[str, Any] = {
+    "apiVersion": "kuberl.io/v1alpha1",
+    "kind": "RLJob",
+    "metadata": {"name": NAME},
+    "spec": {
+        "seed": 0,
+        "model": {"volume": "models", "path": "tiny", "dtype": "float32"},
+        "task": {
+            "dataset": {"builtin": "arithmetic"},
+            "reward": "numeric",
+            "promptsPerStep": 4,
+            "samplesPerPrompt": 2,
+            "maxPromptTokens": 16,
+            "maxNewTokens": 12,
+        },
+        "algorithm": {"steps": 8, "learningRate": 5e-4},
+        "c3po": {"tokenBudget": 24, "retention": 1, "inferencePoolCapacity": 8, "chunkTokens": 4},
+        "rollout": {"minReplicas": 1, "maxReplicas": 1},
+        "faultTolerance": {"maxRestarts": 6, "restartBackoffSeconds": 1, "leaseSeconds": 20, "heartbeatSeconds": 1},
+        "checkpoint": {"volume": "checkpoints", "everySteps": 2, "keep": 3},
+    },
+}
+
+
+def wait_for(probe: Callable[[], T], what: str, timeout: float, explain: Callable[[], str], gone: bool = False) -> T:
+    """Poll until probe() is truthy (falsy with gone=True)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if bool(value) != gone:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{explain()}")
+
+
+def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
+    cluster: Cluster, operator: Operator, kubelet: TestKubelet | None
+) -> None:
+    api = cluster.api
+    if kubelet is None:  # real nodes: the model is built inside the pods
+        pytest.skip("needs the test kubelet: the job reads its model from a PVC the kubelet provides")
+    job = copy.deepcopy(JOB)
+    job["metadata"]["namespace"] = api.namespace
+    api.create("rljobs", job)
+
+    def status() -> dict[str, Any]:
+        return dict((api.get("rljobs", NAME) or {}).get("status") or {})
+
+    def explain() -> str:
+        pods = {p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in api.list("pods")}
+        logs = "\n".join(f"--- {n}\n{kubelet.log_of(n)[-1500:]}" for n in sorted(pods))
+        return (
+            f"status: {status()}\npods: {pods}\nevents: {api.reasons(NAME)}\nkubelet errors: {kubelet.errors[-5:]}\n"
+            f"--- operator\n{operator.log.read_text()[-3000:]}\n{logs}"
+        )
+
+    def step_at_least(n: int) -> Callable[[], bool]:
+        return lambda: int(status().get("step") or 0) >= n
+
+    def restarts(role: str) -> int:
+        return next((r["restarts"] for r in status().get("roles") or [] if r["name"] == role), 0)
+
+    wait_for(step_at_least(1), "the first step", 300, explain)
+    pods = {p["metadata"]["name"]: p for p in api.list("pods")}
+    assert set(pods) == {f"{NAME}-controller-0", f"{NAME}-trainer-0", f"{NAME}-rollout-0"}
+    for pod in pods.values():
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "RLJob"
+        assert pod["metadata"]["labels"]["kuberl.io/job"] == NAME
+
+    kubelet.kill(f"{NAME}-rollout-0")  # a crashed or OOM-killed rollout pod
+    wait_for(
+        lambda: restarts("rollout") == 1 and kubelet.started.count(f"{NAME}-rollout-0") == 2,
+        "rollout recreated",
+        120,
+        explain,
+    )
+    assert "PodRecreated" in api.reasons(NAME)
+
+    wait_for(step_at_least(3), "step 3 (after the step-2 checkpoint)", 300, explain)
+    kubelet.kill(f"{NAME}-trainer-0")
+    wait_for(
+        lambda: restarts("trainer") == 1 and kubelet.started.count(f"{NAME}-trainer-0") == 2,
+        "gang restart",
+        120,
+        explain,
+    )
+    assert "GangRestarted" in api.reasons(NAME)
+
+    def complete() -> bool:
+        conditions = {c["type"]: c for c in status().get("conditions") or []}
+        return bool(conditions.get("Complete", {}).get("status") == "True")
+
+    wait_for(complete, "Complete", 400, explain)
+    final = status()
+    assert final["step"] == 8 and final.get("completionTime")
+    wait_for(lambda: api.list("pods") == [], "pods cleaned up after completion", 60, explain)
+    assert_every_prompt_trained_once(kubelet.root / "pvc" / "checkpoints")
+
+    assert api.delete("rljobs", NAME)
+    wait_for(lambda: api.get("rljobs", NAME) is None, "the RLJob deleted (finalizer released)", 60, explain)
+    for plural in ("configmaps", "secrets", "services"):
+        wait_for(partial(api.list, plural, f"kuberl.io/job={NAME}"), f"{plural} collected", 60, explain, gone=True)
