@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any, Final
 
 from kuberl_operator.api.rljob import RLJob
@@ -74,6 +76,12 @@ def controller_service(job: str) -> str:
 
 def trainer_service(job: str) -> str:
     return f"{job}-trainer"
+
+
+def template_hash(job: RLJob, role: str) -> str:
+    """What a role's pods are built from that the user may change: its pod template and the image."""
+    source = {"template": getattr(job.spec, role).template, "image": job.spec.image}
+    return hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _meta(job: RLJob, name: str, role: str | None = None, index: int | None = None) -> dict[str, Any]:
@@ -268,8 +276,7 @@ def build_pod(
     metadata = _meta(job, pod_name(name, role, index), role, index)
     user_meta = template.get("metadata") or {}
     metadata["labels"] = {**(user_meta.get("labels") or {}), **metadata["labels"]}
-    if user_meta.get("annotations"):
-        metadata["annotations"] = dict(user_meta["annotations"])
+    metadata["annotations"] = {**(user_meta.get("annotations") or {}), ANNOTATION_SPEC_HASH: template_hash(job, role)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 

@@ -124,11 +124,17 @@ async def scale_forever(body: kopf.Body, stopped: kopf.DaemonStopped, interval: 
 
 async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> None:
     """Serialise per job (handlers and the timer may fire together), classify errors for kopf."""
-    key = f"{body.metadata.namespace}/{body.metadata.name}"
-    async with _locks[key]:
+    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    async with _locks[f"{namespace}/{name}"]:
         try:
             with metrics.RECONCILE_SECONDS.time():
-                outcome = await reconcile_and_patch(_state["kube"], dict(body), probe=probe)
+                # The body kopf hands over may predate the previous reconcile's own writes (the watch lags):
+                # reconcile the stored object, or a finished job could look unfinished and get pods again.
+                latest = await _state["kube"].get(path(namespace, "rljobs", name))
+                if latest is None or latest["metadata"].get("uid") != body.metadata.uid:
+                    return
+                body = kopf.Body(latest)
+                outcome = await reconcile_and_patch(_state["kube"], latest, probe=probe)
         except ApiError as error:
             metrics.RECONCILES.labels("error").inc()
             if 400 <= error.status < 500 and error.status not in (404, 409, 429):
@@ -169,7 +175,7 @@ async def reconcile_by_name(namespace: str, name: str) -> None:
     try:
         raw = await _state["kube"].get(path(namespace, "rljobs", name))
         if raw is not None and not raw["metadata"].get("deletionTimestamp"):
-            await reconcile(kopf.Body(raw), log)
+            await reconcile(kopf.Body(raw), log)  # which reads it again under the job's lock
     except (kopf.PermanentError, kopf.TemporaryError, ApiError, aiohttp.ClientError) as error:
         log.warning("reconciling %s/%s failed: %s", namespace, name, error)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -11,6 +12,8 @@ from kuberl_operator import handlers
 from kuberl_operator.api.rljob import GROUP, PLURAL, VERSION
 
 RESOURCE: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL}
+# How often every job is reconciled even without events: the lag of status.step and friends behind the controller.
+RESYNC_SECONDS = float(os.environ.get("KUBERL_OPERATOR_RESYNC_SECONDS", "10"))
 
 
 @kopf.on.startup()
@@ -47,7 +50,7 @@ async def on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)
 
 
-@kopf.timer(**RESOURCE, interval=10, initial_delay=10)
+@kopf.timer(**RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def on_timer(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)
 

@@ -19,6 +19,7 @@ RESTART_LIMIT_EXCEEDED = "RestartLimitExceeded"
 NODE_AVOIDED = "NodeAvoided"
 SCALED_UP = "ScaledUp"
 SCALED_DOWN = "ScaledDown"
+ROLLOUT_UPDATED = "RolloutUpdated"
 
 
 @dataclass(frozen=True)

@@ -240,6 +240,17 @@ async def reconcile(
             extra = [p for p in pods if _role_of(p)[0] == "rollout" and _role_of(p)[1] >= desired["rollout"]]
             await delete_pods(extra)
             pods = [p for p in pods if p not in extra]
+            await _roll_rollouts(kube, body, job, pods, desired["rollout"], outcome)
+            new_avoided = sorted(set(avoid) - set(old.get("avoidedNodes") or []))
+            if new_avoided:
+                await event(
+                    kube,
+                    body,
+                    policy.NODE_AVOIDED,
+                    f"new pods avoid {', '.join(new_avoided)}: at least {ft.nodeFailureThreshold} pod failures there "
+                    "(faultTolerance.nodeFailureThreshold)",
+                    warning=True,
+                )
             for pod in pods:
                 if st.pod_ready(pod):  # it ran: its next failure starts the backoff over
                     consecutive.pop(pod["metadata"]["name"], None)
@@ -278,6 +289,31 @@ async def reconcile(
     if failed and c.FAILED not in terminal:
         outcome.permanent_error = failed[1]
     return outcome
+
+
+async def _roll_rollouts(
+    kube: Kube, body: dict[str, Any], job: RLJob, pods: list[dict[str, Any]], desired: int, outcome: Outcome
+) -> None:
+    """A changed rollout template replaces rollout pods one at a time: only while every other one is ready, so the
+    pool never drops by more than one; the replaced pod's leases go back to the controller's queue.
+    """
+    wanted = builders.template_hash(job, "rollout")
+    rollouts = sorted((p for p in pods if _role_of(p)[0] == "rollout"), key=lambda p: _role_of(p)[1])
+    stale = [
+        p for p in rollouts if (p["metadata"].get("annotations") or {}).get(builders.ANNOTATION_SPEC_HASH) != wanted
+    ]
+    if not stale or outcome.created or len(rollouts) < desired or not all(st.pod_ready(p) for p in rollouts):
+        return
+    victim = stale[0]["metadata"]["name"]
+    if await kube.delete(job.metadata.namespace or "default", "pods", victim):
+        outcome.deleted.append(victim)
+        outcome.requeue(0)
+        await event(
+            kube,
+            body,
+            policy.ROLLOUT_UPDATED,
+            f"{victim} replaced for the new rollout template ({len(stale) - 1} more to go)",
+        )
 
 
 async def _ensure_shared_children(kube: Kube, body: dict[str, Any], job: RLJob, outcome: Outcome) -> None:

@@ -70,7 +70,7 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
     if seen.failed:
         summary = (c.INVALID_SPEC if seen.failed[0] == c.INVALID_SPEC else c.RESTART_LIMIT_EXCEEDED, seen.failed[1])
     elif seen.complete:
-        summary = (c.SUCCEEDED, f"trained {report.get('step', '')} steps".strip())
+        summary = (c.SUCCEEDED, f"trained {report.get('step', old.get('step', ''))} steps")
     elif seen.suspended:
         summary = (c.SUSPENDED_BY_USER, "spec.suspend is true: pods deleted, checkpoints kept")
     elif seen.restarting:

@@ -49,6 +49,7 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     metrics_port, health_port = free_port(), free_port()
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "KUBERL_OPERATOR_METRICS_PORT": str(metrics_port)}
+    env["KUBERL_OPERATOR_RESYNC_SECONDS"] = "2"  # status.step follows the controller closely enough to aim faults
     command = [sys.executable, "-m", "kuberl_operator.cli", "operator", "--standalone"]
     command += ["--namespace", cluster.api.namespace, "--liveness", f"http://127.0.0.1:{health_port}/healthz"]
     process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)

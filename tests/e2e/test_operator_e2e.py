@@ -13,9 +13,11 @@ import pytest
 from support.kubeapi import Cluster, Operator
 from support.kubelet import TestKubelet
 from support.ledger import assert_every_prompt_trained_once
+from support.net import http_get
 
 T = TypeVar("T")
 NAME = "e2e"
+STEPS = 40  # about a second each here: enough that both faults land mid-training
 JOB: dict[str, Any] = {
     "apiVersion": "kuberl.io/v1alpha1",
     "kind": "RLJob",
@@ -31,7 +33,7 @@ JOB: dict[str, Any] = {
             "maxPromptTokens": 16,
             "maxNewTokens": 12,
         },
-        "algorithm": {"steps": 8, "learningRate": 5e-4},
+        "algorithm": {"steps": STEPS, "learningRate": 5e-4},
         "c3po": {"tokenBudget": 24, "retention": 1, "inferencePoolCapacity": 8, "chunkTokens": 4},
         "rollout": {"minReplicas": 1, "maxReplicas": 1},
         "faultTolerance": {"maxRestarts": 6, "restartBackoffSeconds": 1, "leaseSeconds": 20, "heartbeatSeconds": 1},
@@ -78,9 +80,9 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
     def restarts(role: str) -> int:
         return next((r["restarts"] for r in status().get("roles") or [] if r["name"] == role), 0)
 
-    wait_for(step_at_least(1), "the first step", 300, explain)
+    wait_for(step_at_least(2), "the first steps", 300, explain)
     pods = {p["metadata"]["name"]: p for p in api.list("pods")}
-    assert set(pods) == {f"{NAME}-controller-0", f"{NAME}-trainer-0", f"{NAME}-rollout-0"}
+    assert set(pods) == {f"{NAME}-controller-0", f"{NAME}-trainer-0", f"{NAME}-rollout-0"}, explain()
     for pod in pods.values():
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "RLJob"
         assert pod["metadata"]["labels"]["kuberl.io/job"] == NAME
@@ -94,7 +96,8 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
     )
     assert "PodRecreated" in api.reasons(NAME)
 
-    wait_for(step_at_least(3), "step 3 (after the step-2 checkpoint)", 300, explain)
+    at_kill = int(status().get("step") or 0)
+    wait_for(step_at_least(at_kill + 3), "two more steps (past a checkpoint)", 300, explain)
     kubelet.kill(f"{NAME}-trainer-0")
     wait_for(
         lambda: restarts("trainer") == 1 and kubelet.started.count(f"{NAME}-trainer-0") == 2,
@@ -108,9 +111,16 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
         conditions = {c["type"]: c for c in status().get("conditions") or []}
         return bool(conditions.get("Complete", {}).get("status") == "True")
 
+    _, exposition = http_get(f"http://127.0.0.1:{operator.metrics_port}/metrics")
+    metrics = exposition.decode()
+    labels = f'job="{NAME}",namespace="{api.namespace}"'
+    assert f'kuberl_operator_restarts{{{labels},role="rollout"}} 1.0' in metrics
+    assert f'kuberl_operator_restarts{{{labels},role="trainer"}} 1.0' in metrics
+    assert 'kuberl_operator_reconciles_total{result="changed"}' in metrics
+
     wait_for(complete, "Complete", 400, explain)
     final = status()
-    assert final["step"] == 8 and final.get("completionTime")
+    assert final["step"] == STEPS and final.get("completionTime")
     wait_for(lambda: api.list("pods") == [], "pods cleaned up after completion", 60, explain)
     assert_every_prompt_trained_once(kubelet.root / "pvc" / "checkpoints")
 

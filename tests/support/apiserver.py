@@ -237,6 +237,8 @@ class EmulatedApiServer(KubernetesEmulator):
         plural = request.resource.plural if request.resource is not None else None
         if plural == "pods" and request.subresource == "binding" and request.method == enums.method.POST:
             return await self._bind(request)
+        if plural == "rljobs" and request.subresource == "scale":
+            return await self._scale(request)
         content_type = request.headers.get("Content-Type", "")
         if request.action == enums.action.UPDATE and content_type.startswith("application/json-patch+json"):
             old = self._stored(request)
@@ -303,6 +305,31 @@ class EmulatedApiServer(KubernetesEmulator):
         if before is not None and response.status < 300 and self._stored(request) is None:
             await self._collect_garbage(before["metadata"].get("uid"))  # deleted, or its last finalizer removed
         return response
+
+    async def _scale(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """The CRD's scale subresource (`kubectl scale rlj`): spec.replicas is .spec.rollout.replicas, status
+        replicas and selector come from .status.rolloutReplicas and .status.rolloutSelector."""
+        if request.action == enums.action.UPDATE:
+            replicas = ((request.data or {}).get("spec") or {}).get("replicas")
+            # served as a merge patch of the RLJob itself (the request is changed in place: kmock matches by identity)
+            object.__setattr__(request, "data", {"spec": {"rollout": {"replicas": replicas}}})
+            object.__setattr__(request, "subresource", None)
+            response = await self._handle(request)
+            if response.status >= 300:
+                return response
+        job = self._stored(request)
+        if job is None:
+            raise KubernetesError(status=404, reason="NotFound", message=f'rljobs "{request.name}" not found')
+        status = job.get("status") or {}
+        return aiohttp.web.json_response(
+            {
+                "apiVersion": "autoscaling/v1",
+                "kind": "Scale",
+                "metadata": {k: job["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion")},
+                "spec": {"replicas": (job["spec"].get("rollout") or {}).get("replicas") or 0},
+                "status": {"replicas": status.get("rolloutReplicas", 0), "selector": status.get("rolloutSelector", "")},
+            }
+        )
 
     async def _mark_deleted(self, request: rendering.Request, obj: dict[str, Any]) -> aiohttp.web.StreamResponse:
         """DELETE of an object with finalizers: only deletionTimestamp is set (once), with a new resourceVersion."""

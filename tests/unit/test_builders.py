@@ -18,6 +18,7 @@ from kuberl_operator.builders import (
     labels,
     render_config,
     selector,
+    template_hash,
 )
 from kuberl_workers.config import WorkerConfig
 from support.specs import minimal_job
@@ -78,8 +79,18 @@ def test_user_template_merged_but_kuberl_owns_the_container() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EXTRA"] == "1" and env["KUBERL_ROLE"] == "rollout"
     assert pod["spec"]["priorityClassName"] == "preemptible" and pod["spec"]["tolerations"]
-    assert pod["metadata"]["labels"]["team"] == "rl" and pod["metadata"]["annotations"] == {"a": "b"}
+    assert pod["metadata"]["labels"]["team"] == "rl" and pod["metadata"]["annotations"]["a"] == "b"
+    assert pod["metadata"]["annotations"]["kuberl.io/template-hash"] == template_hash(job, "rollout")
     assert job.spec.rollout.template == template  # the spec itself is not mutated
+
+
+def test_template_hash_follows_the_role_template_and_image_only() -> None:
+    base = _job()
+    assert template_hash(base, "rollout") == template_hash(_job(), "rollout")
+    labelled = _job(rollout={"template": {"metadata": {"labels": {"x": "y"}}}})
+    assert template_hash(labelled, "rollout") != template_hash(base, "rollout")
+    assert template_hash(labelled, "trainer") == template_hash(base, "trainer")
+    assert template_hash(_job(image="other:1"), "rollout") != template_hash(base, "rollout")
 
 
 def test_trainer_dns_and_services() -> None:

@@ -27,8 +27,11 @@ async def _body(kube: Kube) -> dict[str, Any]:
 
 
 async def _set_phase(kube: Kube, name: str, phase: str, ready: bool = True, node: str = "node-1") -> None:
-    """What the scheduler (nodeName) and the kubelet (status, through the subresource) would write."""
-    await kube.merge_patch(path("default", "pods", name), {"spec": {"nodeName": node}})
+    """What the scheduler (a binding) and the kubelet (status, through the subresource) would write."""
+    pod = await kube.get(path("default", "pods", name))
+    if pod is not None and not pod["spec"].get("nodeName"):
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"name": node}}
+        await kube.call("POST", path("default", "pods", name, "binding"), binding)
     await kube.merge_patch(
         path("default", "pods", name, "status"),
         {"status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}},
@@ -162,3 +165,49 @@ async def test_completion_reported_by_the_controller(api: tuple[EmulatedApiServe
     assert await _pods(kube) == [] and status["step"] == 100 and "completionTime" in status
     complete = next(x for x in status["conditions"] if x["type"] == "Complete")
     assert complete["status"] == "True"
+
+
+async def _events(kube: Kube) -> list[tuple[str, str]]:
+    return [(e["reason"], e["message"]) for e in await kube.list("default", "events", "")]
+
+
+async def test_rollout_template_change_replaces_rollout_pods_one_at_a_time(
+    api: tuple[EmulatedApiServer, Kube],
+) -> None:
+    _, kube = api
+    await reconcile_and_patch(kube, await _job(kube, rollout={"minReplicas": 2, "maxReplicas": 2}))
+    for name in await _pods(kube):
+        await _set_phase(kube, name, "Running")
+    template = {"metadata": {"labels": {"team": "rl"}}}
+    await kube.merge_patch(path("default", "rljobs", "job"), {"spec": {"rollout": {"template": template}}})
+    first = await reconcile_and_patch(kube, await _body(kube))
+    assert first.deleted == ["job-rollout-0"]  # one pod only; trainer and controller untouched
+    assert ("RolloutUpdated", "job-rollout-0 replaced for the new rollout template (1 more to go)") in await _events(
+        kube
+    )
+    second = await reconcile_and_patch(kube, await _body(kube))
+    assert second.created == ["job-rollout-0"] and second.deleted == []  # recreated; the other waits for it
+    assert (await reconcile_and_patch(kube, await _body(kube))).deleted == []  # still not ready
+    await _set_phase(kube, "job-rollout-0", "Running")
+    assert (await reconcile_and_patch(kube, await _body(kube))).deleted == ["job-rollout-1"]
+    pod = await kube.get(path("default", "pods", "job-rollout-0"))
+    assert pod is not None and pod["metadata"]["labels"]["team"] == "rl"
+
+
+async def test_failures_on_a_node_make_new_pods_avoid_it(api: tuple[EmulatedApiServer, Kube]) -> None:
+    _, kube = api
+    spec = {"nodeFailureThreshold": 2, "restartBackoffSeconds": 0, "maxRestarts": 10}
+    await reconcile_and_patch(kube, await _job(kube, faultTolerance=spec))
+    for _ in range(2):
+        await _set_phase(kube, "job-rollout-0", "Failed", ready=False, node="bad-node")
+        await reconcile_and_patch(kube, await _body(kube))
+    body = await _body(kube)
+    assert body["status"]["avoidedNodes"] == ["bad-node"]
+    reasons = [reason for reason, _ in await _events(kube)]
+    assert reasons.count("NodeAvoided") == 1 and reasons.count("PodRecreated") == 2
+    pod = await kube.get(path("default", "pods", "job-rollout-0"))
+    assert pod is not None
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][-1]["values"] == ["bad-node"]
+    await reconcile_and_patch(kube, await _body(kube))
+    assert [reason for reason, _ in await _events(kube)].count("NodeAvoided") == 1  # said once
