@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import kopf
 from pydantic import ValidationError
 
 from kuberl_operator import builders, policy
@@ -42,22 +43,11 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def adopt(manifest: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    """Set the owner reference (garbage collection with the RLJob) and namespace, as kopf.adopt does."""
-    manifest["metadata"]["ownerReferences"] = [owner_reference(body)]
-    manifest["metadata"]["namespace"] = body["metadata"].get("namespace", "default")
+    """kopf.adopt: ownerReference to the RLJob (controller, blockOwnerDeletion: garbage-collected with it), the
+    RLJob's namespace, and its labels on the child (ours win where both set one).
+    """
+    kopf.adopt(manifest, owner=kopf.Body(body))
     return manifest
 
 
