@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -47,7 +47,7 @@ def adopt(manifest: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """kopf.adopt: ownerReference to the RLJob (controller, blockOwnerDeletion: garbage-collected with it), the
     RLJob's namespace, and its labels on the child (ours win where both set one).
     """
-    kopf.adopt(manifest, owner=kopf.Body(body))
+    kopf.adopt(manifest, owner=kopf.Body(cast(kopf.RawBody, body)))
     return manifest
 
 

@@ -77,3 +77,21 @@ def test_api_reference_documents_every_field() -> None:
             walk(node["items"], path + "[]")
 
     walk(openapi_schema(), "")
+
+
+def test_operations_guide_documents_every_condition_event_reason_and_metric() -> None:
+    """docs/operations.md must name every condition type, event reason and operator metric the code emits."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from kuberl_operator import metrics, policy
+    from kuberl_operator.api import conditions
+
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    reasons = [v for k, v in vars(policy).items() if k.isupper() and isinstance(v, str)] + [conditions.INVALID_SPEC]
+    missing = [f"event {r}" for r in reasons if f"`{r}`" not in guide]
+    missing += [f"condition {t}" for t in conditions.CONDITION_TYPES if f"`{t}`" not in guide]
+    for metric in (v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)):
+        suffix = "_total" if metric._type == "counter" else ""
+        if f"`{metric._name}{suffix}`" not in guide:
+            missing.append(f"metric {metric._name}{suffix}")
+    assert missing == []
