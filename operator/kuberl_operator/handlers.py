@@ -123,18 +123,26 @@ async def scale_forever(body: kopf.Body, stopped: kopf.DaemonStopped, interval: 
 
 
 async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> None:
-    """Serialise per job (handlers and the timer may fire together), classify errors for kopf."""
-    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    """The kopf handlers' entry: reconcile the job this body names (if it is still the same object)."""
+    await _reconcile_stored(body.metadata.namespace or "default", body.metadata.name or "", body.metadata.uid, logger)
+
+
+async def _reconcile_stored(namespace: str, name: str, uid: str | None, logger: logging.Logger | kopf.Logger) -> None:
+    """Serialise per job (handlers, pod events and the timer may fire together), classify errors for kopf.
+
+    The stored RLJob is read under the job's lock: a body handed over earlier may predate the previous reconcile's
+    own writes (the watch lags), and a finished job could then look unfinished and get pods again. `uid` None
+    (a pod event or a requeue) skips a job that is being deleted.
+    """
     async with _locks[f"{namespace}/{name}"]:
         try:
             with metrics.RECONCILE_SECONDS.time():
-                # The body kopf hands over may predate the previous reconcile's own writes (the watch lags):
-                # reconcile the stored object, or a finished job could look unfinished and get pods again.
-                latest = await _state["kube"].get(path(namespace, "rljobs", name))
-                if latest is None or latest["metadata"].get("uid") != body.metadata.uid:
+                body = await _state["kube"].get(path(namespace, "rljobs", name))
+                if body is None or (uid is not None and body["metadata"].get("uid") != uid):
+                    return  # gone, or deleted and created anew
+                if uid is None and body["metadata"].get("deletionTimestamp"):
                     return
-                body = kopf.Body(latest)
-                outcome = await reconcile_and_patch(_state["kube"], latest, probe=probe)
+                outcome = await reconcile_and_patch(_state["kube"], body, probe=probe)
         except ApiError as error:
             metrics.RECONCILES.labels("error").inc()
             if 400 <= error.status < 500 and error.status not in (404, 409, 429):
@@ -146,13 +154,11 @@ async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> No
     metrics.RECONCILES.labels(
         "changed" if outcome.status_patch or outcome.created or outcome.deleted else "unchanged"
     ).inc()
-    metrics.observe_status(
-        body.metadata.name or "", body.metadata.namespace or "", {**(body.get("status") or {}), **outcome.status_patch}
-    )
+    metrics.observe_status(name, namespace, {**(body.get("status") or {}), **outcome.status_patch})
     if outcome.created or outcome.deleted:
         logger.info("created %s, deleted %s", outcome.created, outcome.deleted)
     if outcome.requeue_after is not None:
-        _requeue(body.metadata.namespace or "default", body.metadata.name or "", outcome.requeue_after)
+        _requeue(namespace, name, outcome.requeue_after)
     if outcome.permanent_error:
         raise kopf.PermanentError(outcome.permanent_error)
 
@@ -173,9 +179,7 @@ async def _reconcile_later(namespace: str, name: str, delay: float) -> None:
 async def reconcile_by_name(namespace: str, name: str) -> None:
     """Reconcile a job by name (from a pod event or a requeue); errors wait for the next timer tick."""
     try:
-        raw = await _state["kube"].get(path(namespace, "rljobs", name))
-        if raw is not None and not raw["metadata"].get("deletionTimestamp"):
-            await reconcile(kopf.Body(raw), log)  # which reads it again under the job's lock
+        await _reconcile_stored(namespace, name, None, log)
     except (kopf.PermanentError, kopf.TemporaryError, ApiError, aiohttp.ClientError) as error:
         log.warning("reconciling %s/%s failed: %s", namespace, name, error)
 

@@ -14,32 +14,14 @@ from support.kubeapi import Cluster, Operator
 from support.kubelet import TestKubelet
 from support.ledger import assert_every_prompt_trained_once
 from support.net import http_get
+from support.specs import fault_drill_job
 
 T = TypeVar("T")
 NAME = "e2e"
 STEPS = 40  # about a second each here: enough that both faults land mid-training
-JOB: dict[str, Any] = {
-    "apiVersion": "kuberl.io/v1alpha1",
-    "kind": "RLJob",
-    "metadata": {"name": NAME},
-    "spec": {
-        "seed": 0,
-        "model": {"volume": "models", "path": "tiny", "dtype": "float32"},
-        "task": {
-            "dataset": {"builtin": "arithmetic"},
-            "reward": "numeric",
-            "promptsPerStep": 4,
-            "samplesPerPrompt": 2,
-            "maxPromptTokens": 16,
-            "maxNewTokens": 12,
-        },
-        "algorithm": {"steps": STEPS, "learningRate": 5e-4},
-        "c3po": {"tokenBudget": 24, "retention": 1, "inferencePoolCapacity": 8, "chunkTokens": 4},
-        "rollout": {"minReplicas": 1, "maxReplicas": 1},
-        "faultTolerance": {"maxRestarts": 6, "restartBackoffSeconds": 1, "leaseSeconds": 20, "heartbeatSeconds": 1},
-        "checkpoint": {"volume": "checkpoints", "everySteps": 2, "keep": 3},
-    },
-}
+JOB = fault_drill_job(
+    NAME, STEPS, model={"volume": "models", "path": "tiny", "dtype": "float32"}, checkpoint={"volume": "checkpoints"}
+)
 
 
 def wait_for(probe: Callable[[], T], what: str, timeout: float, explain: Callable[[], str], gone: bool = False) -> T:
@@ -87,25 +69,18 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "RLJob"
         assert pod["metadata"]["labels"]["kuberl.io/job"] == NAME
 
-    kubelet.kill(f"{NAME}-rollout-0")  # a crashed or OOM-killed rollout pod
-    wait_for(
-        lambda: restarts("rollout") == 1 and kubelet.started.count(f"{NAME}-rollout-0") == 2,
-        "rollout recreated",
-        120,
-        explain,
-    )
-    assert "PodRecreated" in api.reasons(NAME)
+    def crash(role: str, reason: str) -> None:
+        """SIGKILL the role's first pod's process (a crash or an OOM kill); wait until the operator recreated it."""
+        pod = f"{NAME}-{role}-0"
+        kubelet.kill(pod)
+        wait_for(lambda: restarts(role) == 1 and kubelet.started.count(pod) == 2, f"{pod} recreated", 120, explain)
+        assert reason in api.reasons(NAME)
+
+    crash("rollout", "PodRecreated")
 
     at_kill = int(status().get("step") or 0)
     wait_for(step_at_least(at_kill + 3), "two more steps (past a checkpoint)", 300, explain)
-    kubelet.kill(f"{NAME}-trainer-0")
-    wait_for(
-        lambda: restarts("trainer") == 1 and kubelet.started.count(f"{NAME}-trainer-0") == 2,
-        "gang restart",
-        120,
-        explain,
-    )
-    assert "GangRestarted" in api.reasons(NAME)
+    crash("trainer", "GangRestarted")  # the gang restarts from the checkpoint
 
     def complete() -> bool:
         conditions = {c["type"]: c for c in status().get("conditions") or []}

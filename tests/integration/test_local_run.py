@@ -10,36 +10,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from support.ledger import assert_every_prompt_trained_once
 from support.net import http_get
+from support.specs import fault_drill_job
 
-JOB: dict[str, Any] = {
-    "apiVersion": "kuberl.io/v1alpha1",
-    "kind": "RLJob",
-    "metadata": {"name": "faults"},
-    "spec": {
-        "seed": 0,
-        "model": {"builtin": "tiny", "dtype": "float32"},
-        "task": {
-            "dataset": {"builtin": "arithmetic"},
-            "reward": "numeric",
-            "promptsPerStep": 4,
-            "samplesPerPrompt": 2,
-            "maxPromptTokens": 16,
-            "maxNewTokens": 12,
-        },
-        "algorithm": {"steps": 8, "learningRate": 5e-4},
-        "c3po": {"tokenBudget": 24, "retention": 1, "inferencePoolCapacity": 8, "chunkTokens": 4},
-        "rollout": {"minReplicas": 1, "maxReplicas": 1},
-        "faultTolerance": {"maxRestarts": 6, "restartBackoffSeconds": 1, "leaseSeconds": 20, "heartbeatSeconds": 1},
-        "checkpoint": {"everySteps": 2, "keep": 3},
-    },
-}
+JOB = fault_drill_job("faults", 8, model={"builtin": "tiny", "dtype": "float32"}, checkpoint={})
 
 
 def _start(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen[bytes]:

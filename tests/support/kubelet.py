@@ -69,6 +69,7 @@ class TestKubelet:
         self.ips: dict[str, str] = {}
         self.errors: list[str] = []
         self._lock = threading.Lock()
+        self._session: aiohttp.ClientSession
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="test-kubelet", daemon=True)
 
@@ -100,6 +101,7 @@ class TestKubelet:
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            self._session = session  # also for the readiness probes
             kube = self.connect(session)
             while not self._stop.is_set():
                 try:
@@ -235,12 +237,9 @@ class TestKubelet:
         port = probe["port"]
         if isinstance(port, str):
             port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p.get("name") == port)
+        url = f"http://{ip}:{port}{probe.get('path', '/')}"
         try:
-            timeout = aiohttp.ClientTimeout(total=2)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(f"http://{ip}:{port}{probe.get('path', '/')}") as response,
-            ):
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
                 return 200 <= response.status < 400
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False

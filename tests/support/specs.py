@@ -39,3 +39,35 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 DELETE = object()
+
+
+def fault_drill_job(name: str, steps: int, model: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A tiny, fast job for fault tests (local run and cluster): one rollout pod, quick restarts, frequent
+    checkpoints."""
+    return {
+        "apiVersion": "kuberl.io/v1alpha1",
+        "kind": "RLJob",
+        "metadata": {"name": name},
+        "spec": {
+            "seed": 0,
+            "model": model,
+            "task": {
+                "dataset": {"builtin": "arithmetic"},
+                "reward": "numeric",
+                "promptsPerStep": 4,
+                "samplesPerPrompt": 2,
+                "maxPromptTokens": 16,
+                "maxNewTokens": 12,
+            },
+            "algorithm": {"steps": steps, "learningRate": 5e-4},
+            "c3po": {"tokenBudget": 24, "retention": 1, "inferencePoolCapacity": 8, "chunkTokens": 4},
+            "rollout": {"minReplicas": 1, "maxReplicas": 1},
+            "faultTolerance": {
+                "maxRestarts": 6,
+                "restartBackoffSeconds": 1,
+                "leaseSeconds": 20,
+                "heartbeatSeconds": 1,
+            },
+            "checkpoint": {"everySteps": 2, "keep": 3, **checkpoint},
+        },
+    }
