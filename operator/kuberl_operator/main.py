@@ -26,6 +26,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
+    # A timer mid-reconcile when its job is deleted: wait for it inline, then re-check often (kopf's default
+    # re-check is 60 s, which holds the finalizer, and so `kubectl delete`, for a minute).
+    settings.background.instant_exit_timeout = 5.0
+    settings.background.cancellation_polling = 2.0
     settings.posting.level = logging.WARNING
     handlers.serve_metrics()
 

@@ -44,6 +44,8 @@ async def test_startup_settings_and_metrics_endpoint(monkeypatch: pytest.MonkeyP
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert settings.persistence.progress_storage.prefix == "kuberl.io"
     assert settings.watching.server_timeout == 300
+    # a timer busy at deletion time must not hold the finalizer for kopf's default 60 s re-check (CI caught this)
+    assert settings.background.cancellation_polling <= 2
 
 
 def test_main_stays_thin() -> None:
