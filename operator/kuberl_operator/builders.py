@@ -33,6 +33,8 @@ CHECKPOINT_DIR: Final = "/var/kuberl/checkpoints"
 MODEL_ROOT: Final = "/var/kuberl/model"
 DATA_ROOT: Final = "/var/kuberl/data"
 DEFAULT_WORKER_IMAGE: Final = "ghcr.io/kuberl/worker:0.1.0"
+# labels the Helm chart gives the operator's pods (the per-job NetworkPolicy lets them reach the controller)
+OPERATOR_POD_LABELS: Final = {"app.kubernetes.io/part-of": "kuberl", "app.kubernetes.io/component": "operator"}
 ROLE_PORT: Final = {"controller": "controller", "trainer": "trainer", "rollout": "rollout"}
 
 
@@ -153,6 +155,38 @@ def build_services(job: RLJob, cfg: WorkerConfig) -> list[Manifest]:
         },
     }
     return [controller, trainer]
+
+
+def build_network_policy(
+    job: RLJob, cfg: WorkerConfig, operator_namespace: str, metrics_from: list[dict[str, Any]] | None = None
+) -> Manifest:
+    """Ingress to the job's pods: from the job's own pods (any port: API, rendezvous, collectives), from the
+    operator to the controller port (demand, drain), and from `metrics_from` peers to the role ports (scrapes).
+    """
+    name = job.metadata.name
+    role_ports = [
+        {"protocol": "TCP", "port": port} for port in (cfg.ports.controller, cfg.ports.rollout, cfg.ports.trainer)
+    ]
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
+        "podSelector": {"matchLabels": OPERATOR_POD_LABELS},
+    }
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": {LABEL_JOB: name}}}]},
+        {"from": [operator], "ports": [{"protocol": "TCP", "port": cfg.ports.controller}]},
+    ]
+    if metrics_from:
+        ingress.append({"from": copy.deepcopy(metrics_from), "ports": role_ports})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(job, network_policy_name(name)),
+        "spec": {"podSelector": {"matchLabels": {LABEL_JOB: name}}, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
+def network_policy_name(job: str) -> str:
+    return f"{job}-pods"
 
 
 def _volumes(job: RLJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -65,6 +65,13 @@ def _run(args: argparse.Namespace) -> int:
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
+    from kuberl_operator.settings import Settings, SettingsError
+
+    try:
+        Settings.from_env()
+    except SettingsError as error:
+        print(f"kuberl operator: {error}", file=sys.stderr)
+        return 2
     import kuberl_operator.main  # noqa: F401 - registers the handlers with kopf
 
     kopf.configure(verbose=args.verbose)

@@ -17,6 +17,7 @@ from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.kube import ApiError, Kube, path
 from kuberl_operator.reconcile import reconcile_and_patch
 from kuberl_operator.scaler import ScalerState, scale_once
+from kuberl_operator.settings import Settings
 from kuberl_workers.config import Ports
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,13 @@ _tokens: dict[str, str] = {}
 _requeued: dict[str, asyncio.Task[None]] = {}
 
 
-def serve_metrics() -> None:
-    """Operator metrics on :8080/metrics (port from $KUBERL_OPERATOR_METRICS_PORT)."""
-    import os
-
+def configure(settings: Settings) -> None:
+    """Take the operator's settings and serve its metrics (:8080/metrics unless configured otherwise)."""
     from prometheus_client import start_http_server
 
+    _state["settings"] = settings
     if "metrics" not in _state:
-        _state["metrics"] = start_http_server(
-            int(os.environ.get("KUBERL_OPERATOR_METRICS_PORT", "8080")), registry=metrics.REGISTRY
-        )
+        _state["metrics"] = start_http_server(settings.metrics_port, registry=metrics.REGISTRY)
 
 
 def connect(info: kopf.ConnectionInfo, session: aiohttp.ClientSession) -> Kube:
@@ -142,7 +140,9 @@ async def _reconcile_stored(namespace: str, name: str, uid: str | None, logger: 
                     return  # gone, or deleted and created anew
                 if uid is None and body["metadata"].get("deletionTimestamp"):
                     return
-                outcome = await reconcile_and_patch(_state["kube"], body, probe=probe)
+                outcome = await reconcile_and_patch(
+                    _state["kube"], body, probe=probe, settings=_state.get("settings") or Settings()
+                )
         except ApiError as error:
             metrics.RECONCILES.labels("error").inc()
             if 400 <= error.status < 500 and error.status not in (404, 409, 429):

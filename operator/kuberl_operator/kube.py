@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 CORE = {"pods", "configmaps", "secrets", "services", "events"}
+GROUPS = {"networkpolicies": "/apis/networking.k8s.io/v1"}
 
 
 class ApiError(RuntimeError):
@@ -17,7 +18,7 @@ class ApiError(RuntimeError):
 
 
 def path(namespace: str, plural: str, name: str | None = None, subresource: str | None = None) -> str:
-    prefix = "/api/v1" if plural in CORE else "/apis/kuberl.io/v1alpha1"
+    prefix = "/api/v1" if plural in CORE else GROUPS.get(plural, "/apis/kuberl.io/v1alpha1")
     out = f"{prefix}/namespaces/{namespace}/{plural}"
     if name:
         out += f"/{name}"

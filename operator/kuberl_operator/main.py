@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
 
 from kuberl_operator import handlers
 from kuberl_operator.api.rljob import GROUP, PLURAL, VERSION
+from kuberl_operator.settings import Settings
 
 RESOURCE: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL}
-# How often every job is reconciled even without events: the lag of status.step and friends behind the controller.
-RESYNC_SECONDS = float(os.environ.get("KUBERL_OPERATOR_RESYNC_SECONDS", "10"))
+# Read at import: the timer's interval (how often every job is reconciled without events) is fixed at registration.
+SETTINGS = Settings.from_env()
 
 
 @kopf.on.startup()
@@ -31,7 +31,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.background.instant_exit_timeout = 5.0
     settings.background.cancellation_polling = 2.0
     settings.posting.level = logging.WARNING
-    handlers.serve_metrics()
+    handlers.configure(SETTINGS)
 
 
 @kopf.on.login()
@@ -54,7 +54,7 @@ async def on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)
 
 
-@kopf.timer(**RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@kopf.timer(**RESOURCE, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
 async def on_timer(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)
 

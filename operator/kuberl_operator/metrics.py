@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry()
 JOB = ("job", "namespace")
 RECONCILES = Counter("kuberl_operator_reconciles", "Reconciles by result", ("result",), registry=REGISTRY)
+for _result in ("changed", "unchanged", "error"):
+    RECONCILES.labels(_result)  # exported at 0 from the start: rate() and the dashboard see 0, not "no data"
 RECONCILE_SECONDS = Histogram("kuberl_operator_reconcile_seconds", "Reconcile duration", registry=REGISTRY)
 JOBS = Gauge(
     "kuberl_operator_job_condition", "1 when the job's condition is True", (*JOB, "condition"), registry=REGISTRY
@@ -26,6 +28,8 @@ SCALING = Counter("kuberl_operator_scaling_decisions", "Rollout pool resizes", (
 
 
 def observe_status(job: str, namespace: str, status: dict[str, Any]) -> None:
+    for direction in ("up", "down"):
+        SCALING.labels(job, namespace, direction)  # 0 until the first resize, so increase() has a series to read
     for condition in status.get("conditions") or []:
         JOBS.labels(job, namespace, condition["type"]).set(1.0 if condition["status"] == "True" else 0.0)
     for role in status.get("roles") or []:

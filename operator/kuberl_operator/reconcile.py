@@ -19,11 +19,13 @@ from kuberl_operator.api import conditions as c
 from kuberl_operator.api.rljob import API_VERSION, KIND, RLJob
 from kuberl_operator.api.validate import problems_of
 from kuberl_operator.kube import Kube, path
+from kuberl_operator.settings import Settings
 
 BACKOFF_ANNOTATION = "kuberl.io/recreate-after"
 FAILURES_ANNOTATION = "kuberl.io/failures"  # {"consecutive": {pod: n}, "nodes": {node: n}}
 SCALE_ANNOTATION = "kuberl.io/rollout-desired"  # written by the scaler daemon
 
+DEFAULTS = Settings()
 ControllerProbe = Callable[[RLJob, str], Awaitable[dict[str, Any] | None]]
 
 
@@ -118,7 +120,11 @@ async def _invalid(kube: Kube, body: dict[str, Any], error: ValidationError, now
 
 
 async def reconcile(
-    kube: Kube, body: dict[str, Any], probe: ControllerProbe | None = None, clock: Callable[[], float] = time.time
+    kube: Kube,
+    body: dict[str, Any],
+    probe: ControllerProbe | None = None,
+    clock: Callable[[], float] = time.time,
+    settings: Settings = DEFAULTS,
 ) -> Outcome:
     """Bring the job's children toward the spec; return the status patch ({} when nothing changed)."""
     now = _now()
@@ -172,7 +178,7 @@ async def reconcile(
         await delete_pods(pods)
         pods = []
     else:
-        await _ensure_shared_children(kube, body, job, outcome)
+        await _ensure_shared_children(kube, body, job, outcome, settings)
         ft = job.spec.faultTolerance
         for pod in list(pods):
             role, _ = _role_of(pod)
@@ -224,7 +230,7 @@ async def reconcile(
                     outcome.requeue(backoff[pod_id] - clock())
                     continue
                 backoff.pop(pod_id, None)
-                manifest = adopt(builders.build_pod(job, cfg, role, index, avoid_nodes=avoid), body)
+                manifest = adopt(builders.build_pod(job, cfg, role, index, settings.worker_image, avoid), body)
                 await kube.create(namespace, "pods", manifest)
                 outcome.created.append(pod_id)
             extra = [p for p in pods if _role_of(p)[0] == "rollout" and _role_of(p)[1] >= desired["rollout"]]
@@ -306,8 +312,10 @@ async def _roll_rollouts(
         )
 
 
-async def _ensure_shared_children(kube: Kube, body: dict[str, Any], job: RLJob, outcome: Outcome) -> None:
-    """ConfigMap (kept in sync with the spec), Secret (a random token, created once), Services."""
+async def _ensure_shared_children(
+    kube: Kube, body: dict[str, Any], job: RLJob, outcome: Outcome, settings: Settings
+) -> None:
+    """ConfigMap (kept in sync with the spec), Secret (a random token, created once), Services, NetworkPolicy."""
     namespace = job.metadata.namespace or "default"
     cfg = builders.render_config(job)
     config_map = adopt(builders.build_config_map(job, cfg), body)
@@ -327,13 +335,23 @@ async def _ensure_shared_children(kube: Kube, body: dict[str, Any], job: RLJob, 
         if await kube.get(path(namespace, "services", service["metadata"]["name"])) is None:
             await kube.create(namespace, "services", adopt(service, body))
             outcome.created.append(service["metadata"]["name"])
+    if settings.network_policy:
+        policy_name = builders.network_policy_name(job.metadata.name)
+        if await kube.get(path(namespace, "networkpolicies", policy_name)) is None:
+            manifest = builders.build_network_policy(job, cfg, settings.operator_namespace, settings.metrics_from)
+            await kube.create(namespace, "networkpolicies", adopt(manifest, body))
+            outcome.created.append(policy_name)
 
 
 async def reconcile_and_patch(
-    kube: Kube, body: dict[str, Any], probe: ControllerProbe | None = None, clock: Callable[[], float] = time.time
+    kube: Kube,
+    body: dict[str, Any],
+    probe: ControllerProbe | None = None,
+    clock: Callable[[], float] = time.time,
+    settings: Settings = DEFAULTS,
 ) -> Outcome:
     """reconcile(), then one status patch through the status subresource, and only if something changed."""
-    outcome = await reconcile(kube, body, probe, clock)
+    outcome = await reconcile(kube, body, probe, clock, settings)
     if outcome.status_patch:
         meta = body["metadata"]
         await kube.merge_patch(

@@ -11,6 +11,7 @@ import pytest
 
 import kuberl_operator.main as main
 from kuberl_operator.cli import main as cli
+from kuberl_operator.settings import Settings
 from support.net import free_port
 
 
@@ -27,7 +28,7 @@ def test_handlers_registered_for_rljobs() -> None:
 
 async def test_startup_settings_and_metrics_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
-    monkeypatch.setenv("KUBERL_OPERATOR_METRICS_PORT", str(port))
+    monkeypatch.setattr(main, "SETTINGS", Settings.from_env({"KUBERL_OPERATOR_METRICS_PORT": str(port)}))
     settings = kopf.OperatorSettings()
     await main.startup(settings=settings)  # type: ignore[call-arg,misc]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

@@ -8,6 +8,7 @@ import pytest
 
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.reconcile import BACKOFF_ANNOTATION, reconcile_and_patch
+from kuberl_operator.settings import Settings
 from support.apiserver import EmulatedApiServer, UncheckedApiServer
 from support.specs import minimal_job
 
@@ -211,3 +212,35 @@ async def test_failures_on_a_node_make_new_pods_avoid_it(api: tuple[EmulatedApiS
     assert terms["nodeSelectorTerms"][0]["matchExpressions"][-1]["values"] == ["bad-node"]
     await reconcile_and_patch(kube, await _body(kube))
     assert [reason for reason, _ in await _events(kube)].count("NodeAvoided") == 1  # said once
+
+
+async def test_operator_settings_give_pods_the_worker_image_and_the_job_a_network_policy(
+    api: tuple[EmulatedApiServer, Kube],
+) -> None:
+    _, kube = api
+    settings = Settings(
+        worker_image="registry.example/kuberl/worker-cpu:1.2.3",
+        network_policy=True,
+        operator_namespace="kuberl-system",
+        metrics_from=[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+    )
+    outcome = await reconcile_and_patch(kube, await _job(kube), settings=settings)
+    assert "job-pods" in outcome.created
+    pod = await kube.get(path("default", "pods", "job-controller-0"))
+    assert pod is not None and pod["spec"]["containers"][0]["image"] == settings.worker_image
+    policy = await kube.get("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/job-pods")
+    assert policy is not None and policy["metadata"]["ownerReferences"][0]["kind"] == "RLJob"
+    ingress = policy["spec"]["ingress"]
+    assert ingress[0]["from"] == [{"podSelector": {"matchLabels": {"kuberl.io/job": "job"}}}]
+    assert ingress[1]["ports"] == [{"protocol": "TCP", "port": 8000}]  # the operator: controller port only
+    assert ingress[1]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kuberl-system"}
+    assert ingress[2]["from"] == settings.metrics_from
+    writes = kube.writes
+    await reconcile_and_patch(kube, await _body(kube), settings=settings)
+    assert kube.writes == writes  # the policy exists: not written again
+
+
+async def test_without_network_policy_setting_no_policy_is_requested(api: tuple[EmulatedApiServer, Kube]) -> None:
+    _, kube = api
+    await reconcile_and_patch(kube, await _job(kube))
+    assert await kube.get("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/job-pods") is None
