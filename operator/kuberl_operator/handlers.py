@@ -184,6 +184,10 @@ async def reconcile_by_name(namespace: str, name: str) -> None:
         log.warning("reconciling %s/%s failed: %s", namespace, name, error)
 
 
+def job_deleted(body: kopf.Body) -> None:
+    metrics.forget(body.metadata.name or "", body.metadata.namespace or "default")
+
+
 async def pod_changed(body: kopf.Body, event_type: str | None) -> None:
     """A job pod failed, finished, got ready or went away: reconcile its RLJob now, not at the next tick."""
     owner = next((ref for ref in body.metadata.get("ownerReferences") or [] if ref.get("kind") == "RLJob"), None)

@@ -54,6 +54,11 @@ async def on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)
 
 
+@kopf.on.delete(**RESOURCE, optional=True)  # optional: no finalizer of its own, the daemons already hold one
+async def on_delete(body: kopf.Body, **_: Any) -> None:
+    handlers.job_deleted(body)
+
+
 @kopf.timer(**RESOURCE, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
 async def on_timer(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     await handlers.reconcile(body, logger)

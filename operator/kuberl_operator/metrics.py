@@ -36,3 +36,10 @@ def observe_status(job: str, namespace: str, status: dict[str, Any]) -> None:
         REPLICAS.labels(job, namespace, role["name"], "desired").set(role["desired"])
         REPLICAS.labels(job, namespace, role["name"], "ready").set(role["ready"])
         RESTARTS.labels(job, namespace, role["name"]).set(role.get("restarts", 0))
+
+
+def forget(job: str, namespace: str) -> None:
+    """Drop a deleted job's series: a gone Failed job must not keep KuberlJobFailed firing."""
+    for metric in (JOBS, REPLICAS, RESTARTS, SCALING):
+        for labels in [key for key in list(metric._metrics) if key[:2] == (job, namespace)]:
+            metric.remove(*labels)

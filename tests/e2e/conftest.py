@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from support.cluster import EmulatedCluster
-from support.kubeapi import Api, Cluster, Operator
+from support.kubeapi import OPERATOR_TOKEN, Api, Cluster, Operator
 from support.kubelet import TestKubelet
 from support.net import free_port, http_get
+from support.prometheus import PrometheusServer
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,16 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """`kuberl operator` as a process, exactly as the container runs it (standalone, one namespace)."""
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    folder = tmp_path_factory.mktemp("operator")
+    log = folder / "operator.log"
+    kubeconfig = cluster.kubeconfig
+    if cluster.emulator is not None:  # its own token, so that its requests can be told from the test's and kubelet's
+        config = yaml.safe_load(kubeconfig.read_text())
+        config["users"][0]["user"]["token"] = OPERATOR_TOKEN
+        kubeconfig = folder / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
     metrics_port, health_port = free_port(), free_port()
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "KUBERL_OPERATOR_METRICS_PORT": str(metrics_port)}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERL_OPERATOR_METRICS_PORT": str(metrics_port)}
     env["KUBERL_OPERATOR_RESYNC_SECONDS"] = "2"  # status.step follows the controller closely enough to aim faults
     command = [sys.executable, "-m", "kuberl_operator.cli", "operator", "--standalone"]
     command += ["--namespace", cluster.api.namespace, "--liveness", f"http://127.0.0.1:{health_port}/healthz"]
@@ -93,3 +102,13 @@ def kubelet(
         yield kubelet
     finally:
         kubelet.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """The real `prometheus` on a loopback port, with no targets until a test names them (pod IPs come late)."""
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,20 +1,26 @@
-"""The real operator drives the real workers: apply → pods → trains → faults survived → Complete → collected."""
+"""The real operator drives real workers: apply → pods → trains, scraped → faults survived → Complete → collected."""
 
 from __future__ import annotations
 
 import copy
+import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
-from support.kubeapi import Cluster, Operator
+from support.helm_docs import CHART
+from support.kubeapi import OPERATOR_TOKEN, Cluster, Operator
 from support.kubelet import TestKubelet
 from support.ledger import assert_every_prompt_trained_once
 from support.net import http_get
+from support.prometheus import PrometheusServer, check_live, metrics_address
+from support.rbac import Grant, granted, requested
 from support.specs import fault_drill_job
+from support.tools import tool
 
 T = TypeVar("T")
 NAME = "e2e"
@@ -36,7 +42,7 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float, explain: Callabl
 
 
 def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
-    cluster: Cluster, operator: Operator, kubelet: TestKubelet | None
+    cluster: Cluster, operator: Operator, kubelet: TestKubelet | None, prometheus: PrometheusServer
 ) -> None:
     api = cluster.api
     if kubelet is None:  # real nodes: the model is built inside the pods
@@ -68,6 +74,10 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
     for pod in pods.values():
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "RLJob"
         assert pod["metadata"]["labels"]["kuberl.io/job"] == NAME
+
+    # the Grafana dashboard and the alerts read only series these processes export; every panel has data
+    targets = {name: metrics_address(pod) for name, pod in pods.items()}
+    check_live(prometheus, {"operator": f"127.0.0.1:{operator.metrics_port}", **targets}, api.namespace, NAME)
 
     def crash(role: str, reason: str) -> None:
         """SIGKILL the role's first pod's process (a crash or an OOM kill); wait until the operator recreated it."""
@@ -103,3 +113,23 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
     wait_for(lambda: api.get("rljobs", NAME) is None, "the RLJob deleted (finalizer released)", 60, explain)
     for plural in ("configmaps", "secrets", "services"):
         wait_for(partial(api.list, plural, f"kuberl.io/job={NAME}"), f"{plural} collected", 60, explain, gone=True)
+    if cluster.emulator is not None:
+        assert_operator_requests_granted_by_chart(cluster, operator)
+
+
+def assert_operator_requests_granted_by_chart(cluster: Cluster, operator: Operator) -> None:
+    """Every (group, resource, verb) the operator used in this whole run is granted by the Helm chart's RBAC,
+    rendered the way this operator ran (one watched namespace, standalone)."""
+    assert cluster.emulator is not None
+    used = requested(cluster.emulator._requests, f"Bearer {OPERATOR_TOKEN}")
+    # what this run must have exercised, or the check proves little
+    exercised = {Grant("", "pods", "create"), Grant("", "pods", "delete"), Grant("kuberl.io", "rljobs/status", "patch")}
+    assert exercised <= used, sorted(used)
+    out = subprocess.run(
+        [tool("helm"), "template", "kuberl", str(CHART), "--set", f"watchNamespaces={{{cluster.api.namespace}}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    grants = granted(doc for doc in yaml.safe_load_all(out) if doc)
+    assert used <= grants, f"the operator used, the chart does not grant: {sorted(used - grants)}\n{operator.log}"

@@ -72,6 +72,10 @@ class Api:
         return [e["reason"] for e in events if (e.get("involvedObject") or {}).get("name") == involved]
 
 
+# the operator's own credential on the emulated cluster: its requests are told apart by it (RBAC completeness)
+OPERATOR_TOKEN = "kuberl-operator-token"
+
+
 @dataclass
 class Cluster:
     kubeconfig: Path

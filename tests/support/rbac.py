@@ -45,11 +45,12 @@ def requested(requests: Iterable[Any], authorization: str) -> set[Grant]:
     """The grants the requests (kmock's parsed requests) sent with this Authorization header needed."""
     out: set[Grant] = set()
     for request in requests:
-        if request.headers.get("Authorization") != authorization or request.resource is None:
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        if headers.get("authorization") != authorization or request.resource is None:
             continue
         action = getattr(request.action, "value", None)
-        if action not in VERBS:
-            continue
+        if action not in VERBS or not request.resource.plural:
+            continue  # discovery (/api, /apis/GROUP/VERSION): open to every authenticated user
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         out.add(Grant(request.resource.group or "", resource, VERBS[action]))
     return out

@@ -19,7 +19,7 @@ def test_handlers_registered_for_rljobs() -> None:
     registry = kopf.get_default_registry()
     changing = registry._changing.get_all_handlers()  # create / update / resume
     timers = registry._spawning.get_all_handlers()
-    assert {getattr(h.fn, "__name__", "") for h in changing} == {"on_change"}
+    assert {getattr(h.fn, "__name__", "") for h in changing} == {"on_change", "on_delete"}
     assert {getattr(h.fn, "__name__", "") for h in timers} == {"on_timer", "on_scaler"}
     handlers = [*changing, *timers]
     resources = {(h.selector.group, h.selector.version, h.selector.plural) for h in handlers if h.selector}
@@ -60,3 +60,22 @@ def test_operator_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli(["operator", "--help"])
     assert "--standalone" in capsys.readouterr().out
+
+
+def test_a_deleted_jobs_series_are_dropped() -> None:
+    """A Failed job that was deleted must not keep its alert firing: its series go with it."""
+    from prometheus_client import generate_latest
+
+    from kuberl_operator import metrics
+
+    status = {
+        "conditions": [{"type": "Failed", "status": "True"}],
+        "roles": [{"name": "rollout", "desired": 2, "ready": 1, "restarts": 3}],
+    }
+    metrics.observe_status("gone", "ns", status)
+    metrics.observe_status("kept", "ns", status)
+    metrics.forget("gone", "ns")
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert 'job="gone"' not in text
+    assert 'kuberl_operator_job_condition{condition="Failed",job="kept",namespace="ns"} 1.0' in text
+    assert 'kuberl_operator_restarts{job="kept",namespace="ns",role="rollout"} 3.0' in text

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 REWARD_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 STEP_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LABELS = ("job", "namespace", "role")
+PHASES = ("rollout_wait", "train", "weight_sync")
 
 
 class ControllerMetrics:
@@ -42,6 +43,8 @@ class ControllerMetrics:
             buckets=STEP_BUCKETS,
             registry=self.registry,
         )
+        for phase in PHASES:  # every phase exported from the start (count 0), not only after its first step
+            self.step_seconds.labels(**self.labels, phase=phase)
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         self.step_seconds.labels(**self.labels, phase=phase).observe(seconds)
