@@ -135,6 +135,18 @@ async def test_invalid_spec_gets_condition_and_warning_event_and_no_pods(api: tu
     assert "spec.rollout.minReplicas" in events[0]["message"]
 
 
+async def test_privileged_template_is_refused_by_the_operator(api: tuple[EmulatedApiServer, Kube]) -> None:
+    """The CRD keeps templates free-form; the operator refuses privileges: Failed/InvalidSpec naming the field."""
+    _, kube = api
+    template = {"spec": {"containers": [{"name": "rollout", "securityContext": {"privileged": True}}]}}
+    outcome = await reconcile_and_patch(kube, await _job(kube, rollout={"template": template}))
+    field = "spec.rollout.template.spec.containers[0].securityContext.privileged"
+    assert outcome.permanent_error == f"{field}: privileged containers are refused"
+    assert await _pods(kube) == []
+    failed = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and field in failed["message"]
+
+
 async def test_suspend_deletes_pods_and_keeps_status(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from kuberl_operator.api.podpolicy import check_template
 from kuberl_operator.api.rules import ApiModel, Rule, ordered
 
 ClaimName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
@@ -13,6 +14,7 @@ Path = Annotated[str, Field(min_length=1, max_length=4096)]
 PodTemplate = Annotated[
     dict[str, Any],
     Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+    AfterValidator(check_template),
 ]
 
 
@@ -23,6 +25,19 @@ def _exactly_one(a: str, b: str, where: str) -> Rule:
         message=f"'{message}'",
         field="",
         check=lambda m: None if (getattr(m, a) is None) != (getattr(m, b) is None) else message,
+    )
+
+
+def _stays_inside(field: str) -> Rule:
+    """No ".." in a path: it must not climb out of its volume (a file named "a..b" is refused too: CEL has no
+    path splitting).
+    """
+    message = "must not contain '..' (it would leave its volume)"
+    return Rule(
+        cel=f"!has(self.{field}) || !self.{field}.contains('..')",
+        message=f'"{message}"',
+        field=field,
+        check=lambda m: message if ".." in (getattr(m, field) or "") else None,
     )
 
 
@@ -50,7 +65,7 @@ class ModelSpec(ApiModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight and compute dtype for trainer and engine; `auto` means bfloat16 on GPUs and float32 on CPUs."""
 
-    rules = (_exactly_one("path", "builtin", "model"), _needs("volume", "path"))
+    rules = (_exactly_one("path", "builtin", "model"), _needs("volume", "path"), _stays_inside("path"))
 
 
 class DatasetSpec(ApiModel):
@@ -67,7 +82,7 @@ class DatasetSpec(ApiModel):
     answerField: str = Field("answer", min_length=1, max_length=256)
     """JSONL key holding the reference answer given to the reward function."""
 
-    rules = (_exactly_one("path", "builtin", "task.dataset"), _needs("volume", "path"))
+    rules = (_exactly_one("path", "builtin", "task.dataset"), _needs("volume", "path"), _stays_inside("path"))
 
 
 class TaskSpec(ApiModel):

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kuberl_operator.api.podpolicy import POD_TEMPLATE_ERROR
 from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.api.rules import RULE_ERROR, rule_problems, transition_problems
 
@@ -50,6 +51,8 @@ def problems_of(error: ValidationError, rules: bool = True) -> list[Problem]:
         if err["type"] == RULE_ERROR:
             for field, message in err["ctx"]["problems"]:
                 out.append(Problem(_join(loc + tuple(field.split("."))) if field else _join(loc), message))
+        elif err["type"] == POD_TEMPLATE_ERROR:
+            out += [Problem(f"{_join(loc)}.{field}", message) for field, message in err["ctx"]["problems"]]
         elif err["type"] == "extra_forbidden":
             out.append(Problem(_join(loc), "unknown field"))
         elif err["type"] == "missing":
