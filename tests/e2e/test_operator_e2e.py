@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import subprocess
 import time
@@ -109,12 +110,28 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
     wait_for(lambda: api.list("pods") == [], "pods cleaned up after completion", 60, explain)
     assert_every_prompt_trained_once(kubelet.root / "pvc" / "checkpoints")
 
+    secret = api.get("secrets", f"{NAME}-token")
+    assert secret is not None
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert_secret_nowhere(token, api, operator, kubelet)
+
     assert api.delete("rljobs", NAME)
     wait_for(lambda: api.get("rljobs", NAME) is None, "the RLJob deleted (finalizer released)", 60, explain)
     for plural in ("configmaps", "secrets", "services"):
         wait_for(partial(api.list, plural, f"kuberl.io/job={NAME}"), f"{plural} collected", 60, explain, gone=True)
     if cluster.emulator is not None:
         assert_operator_requests_granted_by_chart(cluster, operator)
+
+
+def assert_secret_nowhere(token: str, api: Any, operator: Operator, kubelet: TestKubelet) -> None:
+    """The per-job token appears in no log (operator, every pod process), no event and not in the status."""
+    assert len(token) >= 32
+    places = {"operator log": operator.log.read_text(), "status": str(api.get("rljobs", NAME).get("status"))}
+    places["events"] = str([(e.get("reason"), e.get("message")) for e in api.list("events")])
+    places |= {f"log of {pod}": kubelet.log_of(pod) for pod in set(kubelet.started)}
+    assert all(places.values()) and len(places) >= 5
+    leaked = [where for where, text in places.items() if token in text]
+    assert not leaked, f"the job token leaked into {leaked}"
 
 
 def assert_operator_requests_granted_by_chart(cluster: Cluster, operator: Operator) -> None:
