@@ -144,7 +144,7 @@ def _valid_specs() -> st.SearchStrategy[dict[str, Any]]:
                 "reward": draw(st.sampled_from(["exact_match", "numeric", "format"])),
                 "samplesPerPrompt": group,
                 "maxNewTokens": max_new,
-                "temperature": draw(st.floats(0.05, 4.0)),
+                "temperature": draw(st.floats(0.05, 2.0)),
             },
             "algorithm": {
                 "icepop": {"alpha": alpha, "beta": draw(st.floats(max(1.0, alpha + 0.01), 1000.0))},

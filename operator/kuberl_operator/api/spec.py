@@ -102,8 +102,8 @@ class TaskSpec(ApiModel):
     """Longest prompt in tokens; longer prompts are skipped and counted in a metric."""
     maxNewTokens: int = Field(256, ge=1, le=131072)
     """Longest completion in tokens; a rollout that reaches it finishes with reason `length`."""
-    temperature: float = Field(1.0, gt=0.0, le=4.0)
-    """Sampling temperature of the rollout engine."""
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    """Sampling temperature of the rollout engine (vLLM accepts at most 2)."""
 
 
 class IcePopSpec(ApiModel):
