@@ -1,0 +1,1 @@
+"""kuberl benchmarks: `make bench` runs each module here (`python -m bench.NAME [--quick]`)."""

