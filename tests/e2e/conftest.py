@@ -6,23 +6,17 @@ Without options the cluster is the emulated one (tests/support/cluster.py: kmock
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
+from support.apiserver import EmulatedApiServer
 from support.cluster import EmulatedCluster
-from support.kubeapi import OPERATOR_TOKEN, Api, Cluster, Operator
+from support.kubeapi import Api, Cluster, Operator, start_operator, stop_operator
 from support.kubelet import TestKubelet
-from support.net import free_port, http_get
 from support.prometheus import PrometheusServer
 
 
@@ -30,7 +24,8 @@ from support.prometheus import PrometheusServer
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     given = request.config.getoption("--kube-config")
     namespace = f"kuberl-e2e-{uuid.uuid4().hex[:6]}"
-    emulated = None if given else EmulatedCluster().start()
+    # a module may name its own API server class (EMULATOR = ...), e.g. one that can trap the operator's requests
+    emulated = None if given else EmulatedCluster(getattr(request.module, "EMULATOR", EmulatedApiServer)).start()
     if emulated is None:
         kubeconfig = Path(given)
     else:
@@ -48,40 +43,11 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """`kuberl operator` as a process, exactly as the container runs it (standalone, one namespace)."""
-    folder = tmp_path_factory.mktemp("operator")
-    log = folder / "operator.log"
-    kubeconfig = cluster.kubeconfig
-    if cluster.emulator is not None:  # its own token, so that its requests can be told from the test's and kubelet's
-        config = yaml.safe_load(kubeconfig.read_text())
-        config["users"][0]["user"]["token"] = OPERATOR_TOKEN
-        kubeconfig = folder / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump(config))
-    metrics_port, health_port = free_port(), free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERL_OPERATOR_METRICS_PORT": str(metrics_port)}
-    env["KUBERL_OPERATOR_RESYNC_SECONDS"] = "2"  # status.step follows the controller closely enough to aim faults
-    command = [sys.executable, "-m", "kuberl_operator.cli", "operator", "--standalone"]
-    command += ["--namespace", cluster.api.namespace, "--liveness", f"http://127.0.0.1:{health_port}/healthz"]
-    process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not _healthy(health_port):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
+    operator = start_operator(cluster, tmp_path_factory.mktemp("operator"))
     try:
-        yield Operator(process, metrics_port, log)
+        yield operator
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return http_get(f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200
-    except OSError:
-        return False
+        stop_operator(operator)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +16,12 @@ from typing import Any, TypeVar
 
 import aiohttp
 import kopf
+import yaml
 
 from kuberl_operator.handlers import connect
 from kuberl_operator.kube import Kube, path
 from support.apiserver import EmulatedApiServer
+from support.net import free_port, http_get
 
 T = TypeVar("T")
 
@@ -88,3 +93,45 @@ class Operator:
     process: subprocess.Popen[bytes]
     metrics_port: int
     log: Path
+
+
+def start_operator(cluster: Cluster, folder: Path) -> Operator:
+    """`kuberl operator` as a process, exactly as the container runs it (standalone, one namespace); returns once
+    its liveness endpoint answers. A second call with the same folder is a restart: the log is appended to."""
+    log = folder / "operator.log"
+    kubeconfig = cluster.kubeconfig
+    if cluster.emulator is not None:  # its own token, so that its requests can be told from the test's and kubelet's
+        config = yaml.safe_load(kubeconfig.read_text())
+        config["users"][0]["user"]["token"] = OPERATOR_TOKEN
+        kubeconfig = folder / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
+    metrics_port, health_port = free_port(), free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERL_OPERATOR_METRICS_PORT": str(metrics_port)}
+    env["KUBERL_OPERATOR_RESYNC_SECONDS"] = "2"  # status.step follows the controller closely enough to aim faults
+    command = [sys.executable, "-m", "kuberl_operator.cli", "operator", "--standalone"]
+    command += ["--namespace", cluster.api.namespace, "--liveness", f"http://127.0.0.1:{health_port}/healthz"]
+    process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not _healthy(health_port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(10)
+            raise AssertionError(f"the operator did not become healthy:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+    return Operator(process, metrics_port, log)
+
+
+def stop_operator(operator: Operator) -> None:
+    operator.process.send_signal(signal.SIGTERM)
+    try:
+        operator.process.wait(30)
+    except subprocess.TimeoutExpired:
+        operator.process.kill()
+        operator.process.wait(10)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return http_get(f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200
+    except OSError:
+        return False

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,9 +91,14 @@ class TestKubelet:
             os.killpg(self.containers[pod].process.pid, sig)
 
     def ip_of(self, pod: str) -> str:
+        """Derived from the pod's name, not from the order pods appear: test sessions running side by side on one
+        machine collide only if they use the same job names."""
         if pod not in self.ips:
-            n = len(self.ips) + 2
-            self.ips[pod] = f"127.77.{n // 250}.{n % 250}"
+            taken = set(self.ips.values())
+            n = zlib.crc32(pod.encode()) % 62500
+            while (ip := f"127.77.{n // 250}.{n % 250 + 2}") in taken:
+                n = (n + 1) % 62500
+            self.ips[pod] = ip
         return self.ips[pod]
 
     def log_of(self, pod: str) -> str:

@@ -110,6 +110,27 @@ async def test_trainer_failure_restarts_the_gang(api: tuple[EmulatedApiServer, K
     assert {r["name"]: r["restarts"] for r in body["status"]["roles"]}["trainer"] == 1
 
 
+@pytest.mark.parametrize("gone", ["job-controller-0", "job-trainer-1"])
+async def test_a_deleted_controller_or_rank_restarts_the_trainer_gang(
+    api: tuple[EmulatedApiServer, Kube], gone: str
+) -> None:
+    """A deletion leaves no Failed pod; the running ranks must still go (found by the e2e chaos test: a controller
+    recreated from its checkpoint while the trainer ran on left the trainer waiting for a batch of a later step)."""
+    _, kube = api
+    await reconcile_and_patch(
+        kube, await _job(kube, trainer={"replicas": 2}, faultTolerance={"restartBackoffSeconds": 0})
+    )
+    for name in await _pods(kube):
+        await _set_phase(kube, name, "Running")
+    assert await kube.delete("default", "pods", gone)
+    outcome = await reconcile_and_patch(kube, await _body(kube))
+    gang = ["job-trainer-0", "job-trainer-1"]
+    assert sorted(outcome.deleted) == sorted(set(gang) - {gone})
+    assert sorted(p for p in outcome.created if p.startswith("job-") and p[-1].isdigit()) == sorted({gone, *gang})
+    assert any(reason == "GangRestarted" and gone in message for reason, message in await _events(kube))
+    assert (await reconcile_and_patch(kube, await _body(kube))).deleted == []  # once, not on every reconcile
+
+
 async def test_restart_limit_fails_the_job_and_cleans_up(api: tuple[EmulatedApiServer, Kube]) -> None:
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube, faultTolerance={"maxRestarts": 0}))

@@ -155,6 +155,9 @@ class LocalRun:
     def _failed(self, child: Child, now: float) -> int | None:
         """Apply the policy to a failed child; an exit code when the run must end."""
         code = child.proc.returncode if child.proc else None
+        # What it started can outlive it (the controller's reward processes, when the OOM killer took the controller
+        # alone): a pod's container would take them along, so the launcher does, or they run on as orphans.
+        signal_group(child, signal.SIGKILL)
         if now - child.started > STABLE_SECONDS:
             child.consecutive = 0
         child.consecutive += 1
@@ -199,6 +202,7 @@ class LocalRun:
                 continue
             code = child.proc.returncode
             if child.role == "rollout" and (child.draining or complete) and code == 0:
+                signal_group(child, signal.SIGKILL)  # anything it left behind (stop_all no longer sees it)
                 self.children.remove(child)  # drained for a scale-down, or done
                 continue
             if child.role == "trainer" and code == 0:

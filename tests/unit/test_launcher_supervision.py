@@ -1,0 +1,47 @@
+"""The local launcher's supervision of a crashed child: what the child started goes with it (found by the chaos soak:
+the controller's reward processes outlived a SIGKILL of the controller and were left running after the run)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.launcher.children import Child
+from kuberl_operator.launcher.report import Display
+from kuberl_operator.launcher.run import LocalRun
+from support.chaos import alive
+from support.specs import minimal_job
+
+
+@pytest.mark.parametrize("role", ["controller", "trainer"])
+def test_a_crashed_child_takes_its_process_group_along(tmp_path: Path, role: str) -> None:
+    run = LocalRun(RLJob.model_validate(minimal_job()), tmp_path, display=Display(io.StringIO()))
+    # a leader that starts a helper in its own process group (as the controller's reward pool does), then waits
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $! && wait"], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert leader.stdout is not None
+    helper = int(leader.stdout.readline())
+    child = Child(role, 0, f"job-{role}-0", "127.0.0.1", proc=leader, started=time.monotonic())
+    run.children = [child]
+    try:
+        os.kill(leader.pid, signal.SIGKILL)  # the leader alone, as the OOM killer would
+        leader.wait(10)
+        assert alive(helper)
+        assert run._supervise(time.monotonic(), complete=False) is None  # a restart is scheduled, not the end
+        assert child.restart_at is not None
+        deadline = time.monotonic() + 10
+        while alive(helper) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(helper), "the crashed child's helper process was left running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)
