@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kubernetes_validate
@@ -62,8 +63,7 @@ def test_user_template_merged_but_kuberl_owns_the_container() -> None:
                     "name": "rollout",
                     "image": "my/vllm:1",
                     "resources": {"limits": {"nvidia.com/gpu": 1}},
-                    "command": ["sh", "-c", "evil"],
-                    "env": [{"name": "EXTRA", "value": "1"}, {"name": "KUBERL_ROLE", "value": "trainer"}],
+                    "env": [{"name": "EXTRA", "value": "1"}],
                 }
             ],
             "tolerations": [{"key": "gpu", "operator": "Exists"}],
@@ -71,6 +71,13 @@ def test_user_template_merged_but_kuberl_owns_the_container() -> None:
         },
     }
     job = _job(rollout={"template": template})
+    # validation refuses a template that sets these (the hostile-input tests); should one get past it, the
+    # builder still owns the container: defence in depth
+    assert job.spec.rollout.template is not None
+    smuggled = job.spec.rollout.template["spec"]["containers"][0]
+    smuggled["command"] = ["sh", "-c", "evil"]
+    smuggled["env"].append({"name": "KUBERL_ROLE", "value": "trainer"})
+    template = copy.deepcopy(job.spec.rollout.template)
     pod = build_pod(job, render_config(job), "rollout", 0)
     _validate(pod)
     (container,) = pod["spec"]["containers"]
