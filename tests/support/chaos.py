@@ -53,7 +53,7 @@ class Plan:
     stalls: int = 1
     rollout_kill_every: tuple[float, float] = (3.0, 8.0)
     stall_seconds: float = 11.0  # past the job's 8 s lease
-    stall_end: str = "random"  # "cont", "kill" or a seeded choice between them
+    stall_end: str = ""  # "cont" or "kill"; unset: SIGCONT for odd seeds, SIGKILL for even ones (both get covered)
 
     def step_faults(self) -> list[tuple[int, str]]:
         rng = random.Random(self.seed)
@@ -191,7 +191,7 @@ class LocalChaos:
         fault = self.stalled
         if fault is None or self.clock() < self.stall_until:
             return
-        end = self.plan.stall_end if self.plan.stall_end != "random" else self.rng.choice(["cont", "kill"])
+        end = self.plan.stall_end or ("cont" if self.plan.seed % 2 else "kill")
         fault.ended = end
         with contextlib.suppress(ProcessLookupError):
             if end == "kill":
