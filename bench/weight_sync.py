@@ -43,25 +43,11 @@ HTTP = "kuberl publish + load, http://, no vLLM"
 
 def build(hidden: int, layers: int) -> LlamaForCausalLM:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from kuberl_workers.models.tiny import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+    from kuberl_workers.models.tiny import llama_config
 
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 64,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
-        dtype="float32",
-    )
+    config = llama_config(hidden, layers, heads=hidden // 64)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.eval()

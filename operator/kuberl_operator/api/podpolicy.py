@@ -11,7 +11,7 @@ from typing import Any
 from pydantic_core import PydanticCustomError
 
 POD_TEMPLATE_ERROR = "pod_template"
-HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC", "hostUsers")
+HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
 RESERVED_LABEL_PREFIXES = ("kuberl.io/", "app.kubernetes.io/")
 RESERVED_ENV_PREFIX = "KUBERL_"
 
@@ -34,8 +34,6 @@ def template_problems(template: dict[str, Any]) -> Problems:
     if not isinstance(spec, dict):
         return out
     for key in HOST_NAMESPACES:
-        if key == "hostUsers":
-            continue  # hostUsers: false is the *safer* setting; only true (the default) is host access
         if spec.get(key) is True:
             out.append((f"spec.{key}", "host namespaces are refused (the pod would share the node's)"))
     if spec.get("restartPolicy") not in (None, "Never"):

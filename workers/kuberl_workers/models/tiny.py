@@ -9,6 +9,7 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 VOCAB_SIZE = 259  # 256 bytes + BOS, EOS, PAD
@@ -44,17 +45,17 @@ def build_tokenizer(directory: Path) -> None:
     fast.save_pretrained(str(directory))
 
 
-def build_model(directory: Path, seed: int, hidden: int = 128, layers: int = 2) -> None:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def llama_config(hidden: int = 128, layers: int = 2, heads: int = 2) -> Any:
+    """The tiny model's architecture (a LlamaConfig over the byte-level vocabulary), at any size."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
@@ -63,8 +64,14 @@ def build_model(directory: Path, seed: int, hidden: int = 128, layers: int = 2) 
         pad_token_id=PAD_ID,
         dtype="float32",
     )
+
+
+def build_model(directory: Path, seed: int, hidden: int = 128, layers: int = 2) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(llama_config(hidden, layers))
     model.save_pretrained(str(directory), safe_serialization=True)
     GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(str(directory))
 
