@@ -16,5 +16,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--no-test-kubelet",
         action="store_true",
-        help="the cluster has real nodes: do not run pods as local processes (needs the worker image)",
+        help="the cluster has real nodes: do not run pods as local processes (needs --worker-image)",
+    )
+    group.addoption(
+        "--worker-image",
+        metavar="IMAGE",
+        default=None,
+        help="the worker image the operator gives job pods on a cluster with real nodes (KUBERL_WORKER_IMAGE)",
+    )
+    group.addoption(
+        "--checkpoint-access-mode",
+        default="ReadWriteOnce",
+        help="access mode of the checkpoint PVC the tier creates on real nodes (ReadWriteMany for multi-node)",
     )

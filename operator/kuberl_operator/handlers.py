@@ -14,6 +14,7 @@ import kopf
 
 from kuberl_operator import builders, metrics
 from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.children import deleted_by_someone_else
 from kuberl_operator.kube import ApiError, Kube, path
 from kuberl_operator.reconcile import reconcile_and_patch
 from kuberl_operator.scaler import ScalerState, scale_once
@@ -106,18 +107,33 @@ async def drain(job: RLJob, namespace: str, pod: str) -> bool:
     return bool(reply and reply.get("drained"))
 
 
+async def worker_lost(job: RLJob, namespace: str, pod: str) -> None:
+    """A rollout pod went: its leases return to the queue now (else after its missed heartbeats)."""
+    await _controller(job, namespace, "POST", "/v1/workers/lost", {"worker": pod})
+
+
 async def scale_forever(body: kopf.Body, stopped: kopf.DaemonStopped, interval: float = 5.0) -> None:
     """The per-job scaler daemon: one decision every `interval` seconds until the job goes away."""
     import time
 
     state = ScalerState()
-    meta = body.metadata
     while not stopped:
-        try:
-            await scale_once(_state["kube"], dict(body), demand, drain, state, time.monotonic())
-        except (ApiError, aiohttp.ClientError) as error:
-            log.warning("scaling %s/%s failed: %s", meta.namespace, meta.name, error)
+        await scale_step(dict(body), state, time.monotonic())
         await stopped.wait(interval)
+
+
+async def scale_step(body: dict[str, Any], state: ScalerState, now: float) -> None:
+    """One scaling decision; a new pool size is reconciled at once (kopf sees no change in its own `kuberl.io/`
+    annotations, so no update handler would run before the next resync).
+    """
+    meta = body["metadata"]
+    try:
+        await scale_once(_state["kube"], body, demand, drain, state, now)
+    except (ApiError, aiohttp.ClientError) as error:
+        log.warning("scaling %s/%s failed: %s", meta.get("namespace"), meta["name"], error)
+        return
+    if state.resized:
+        await reconcile_by_name(meta.get("namespace") or "default", meta["name"])
 
 
 async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> None:
@@ -125,7 +141,13 @@ async def reconcile(body: kopf.Body, logger: logging.Logger | kopf.Logger) -> No
     await _reconcile_stored(body.metadata.namespace or "default", body.metadata.name or "", body.metadata.uid, logger)
 
 
-async def _reconcile_stored(namespace: str, name: str, uid: str | None, logger: logging.Logger | kopf.Logger) -> None:
+async def _reconcile_stored(
+    namespace: str,
+    name: str,
+    uid: str | None,
+    logger: logging.Logger | kopf.Logger,
+    gone: list[dict[str, Any]] | None = None,
+) -> None:
     """Serialise per job (handlers, pod events and the timer may fire together), classify errors for kopf.
 
     The stored RLJob is read under the job's lock: a body handed over earlier may predate the previous reconcile's
@@ -141,7 +163,12 @@ async def _reconcile_stored(namespace: str, name: str, uid: str | None, logger: 
                 if uid is None and body["metadata"].get("deletionTimestamp"):
                     return
                 outcome = await reconcile_and_patch(
-                    _state["kube"], body, probe=probe, settings=_state.get("settings") or Settings()
+                    _state["kube"],
+                    body,
+                    probe=probe,
+                    settings=_state.get("settings") or Settings(),
+                    lost=worker_lost,
+                    gone=gone or [],
                 )
         except ApiError as error:
             metrics.RECONCILES.labels("error").inc()
@@ -176,10 +203,10 @@ async def _reconcile_later(namespace: str, name: str, delay: float) -> None:
     await reconcile_by_name(namespace, name)
 
 
-async def reconcile_by_name(namespace: str, name: str) -> None:
-    """Reconcile a job by name (from a pod event or a requeue); errors wait for the next timer tick."""
+async def reconcile_by_name(namespace: str, name: str, gone: list[dict[str, Any]] | None = None) -> None:
+    """Reconcile a job by name (from a pod event, the scaler or a requeue); errors wait for the next timer tick."""
     try:
-        await _reconcile_stored(namespace, name, None, log)
+        await _reconcile_stored(namespace, name, None, log, gone)
     except (kopf.PermanentError, kopf.TemporaryError, ApiError, aiohttp.ClientError) as error:
         log.warning("reconciling %s/%s failed: %s", namespace, name, error)
 
@@ -189,11 +216,21 @@ def job_deleted(body: kopf.Body) -> None:
 
 
 async def pod_changed(body: kopf.Body, event_type: str | None) -> None:
-    """A job pod failed, finished, got ready or went away: reconcile its RLJob now, not at the next tick."""
+    """A job pod failed, finished, got ready or went away: reconcile its RLJob now, not at the next tick.
+
+    A pod deleted by someone else (no signature of ours) is handed to reconcile as a fault: once it is gone,
+    nothing in the cluster says it ever went.
+    """
     owner = next((ref for ref in body.metadata.get("ownerReferences") or [] if ref.get("kind") == "RLJob"), None)
     phase = (body.get("status") or {}).get("phase")
-    if owner is not None and (event_type == "DELETED" or phase in ("Failed", "Succeeded") or _ready(body)):
-        await reconcile_by_name(body.metadata.namespace or "default", owner["name"])
+    if owner is None:
+        return
+    namespace = body.metadata.namespace or "default"
+    if event_type == "DELETED":
+        raw = dict(body)
+        await reconcile_by_name(namespace, owner["name"], [raw] if deleted_by_someone_else(raw) else None)
+    elif phase in ("Failed", "Succeeded") or _ready(body):
+        await reconcile_by_name(namespace, owner["name"])
 
 
 def _ready(body: kopf.Body) -> bool:

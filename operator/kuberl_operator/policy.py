@@ -38,9 +38,16 @@ def backoff(consecutive_failures: int, base: float, cap: float) -> float:
 
 
 def on_failure(
-    role: str, name: str, restarts_so_far: int, consecutive: int, max_restarts: int, base: float, cap: float
+    role: str,
+    name: str,
+    restarts_so_far: int,
+    consecutive: int,
+    max_restarts: int,
+    base: float,
+    cap: float,
+    what: str = "failed",
 ) -> Restart:
-    """What to do when a process or pod of `role` failed.
+    """What to do when a process or pod of `role` failed (or, `what`, was deleted or evicted).
 
     A rollout worker is recreated alone; any trainer rank takes the whole gang down and back (torch.distributed
     cannot lose a rank); the controller restarts from its checkpoint. The restart that would exceed
@@ -51,7 +58,7 @@ def on_failure(
             "fail",
             0.0,
             RESTART_LIMIT_EXCEEDED,
-            f"{name} failed after {restarts_so_far} restarts (faultTolerance.maxRestarts={max_restarts})",
+            f"{name} {what} after {restarts_so_far} restarts (faultTolerance.maxRestarts={max_restarts})",
         )
     delay = backoff(consecutive, base, cap)
     if role == "trainer":
@@ -59,16 +66,16 @@ def on_failure(
             "restart_gang",
             delay,
             GANG_RESTARTED,
-            f"{name} failed: restarting the trainer gang from its last checkpoint in {delay:g}s",
+            f"{name} {what}: restarting the trainer gang from its last checkpoint in {delay:g}s",
         )
     if role == "controller":
         return Restart(
             "restart_controller",
             delay,
             CONTROLLER_RESTARTED,
-            f"{name} failed: restarting the controller from its last checkpoint in {delay:g}s",
+            f"{name} {what}: restarting the controller from its last checkpoint in {delay:g}s",
         )
-    return Restart("restart_pod", delay, POD_RECREATED, f"{name} failed: recreating it in {delay:g}s")
+    return Restart("restart_pod", delay, POD_RECREATED, f"{name} {what}: recreating it in {delay:g}s")
 
 
 def avoided_nodes(failures_by_node: dict[str, int], threshold: int) -> list[str]:

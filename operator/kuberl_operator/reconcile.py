@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
 from kuberl_operator import builders, policy
 from kuberl_operator import status as st
 from kuberl_operator.api import conditions as c
-from kuberl_operator.api.rljob import API_VERSION, KIND, RLJob
+from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.api.validate import problems_of
+from kuberl_operator.children import adopt, delete_pod, event
+from kuberl_operator.children import now as _now
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.settings import Settings
 
 BACKOFF_ANNOTATION = "kuberl.io/recreate-after"
-FAILURES_ANNOTATION = "kuberl.io/failures"  # {"consecutive": {pod: n}, "nodes": {node: n}}
+# {"consecutive": {pod: n}, "nodes": {node: n}, "resting": [pod]}; resting: a drained rollout that exited, whose
+# backoff is a pause before it may come back (if still wanted), not a restart
+FAILURES_ANNOTATION = "kuberl.io/failures"
 SCALE_ANNOTATION = "kuberl.io/rollout-desired"  # written by the scaler daemon
 
 DEFAULTS = Settings()
 ControllerProbe = Callable[[RLJob, str], Awaitable[dict[str, Any] | None]]
+WorkerLost = Callable[[RLJob, str, str], Awaitable[object]]  # tell the controller a rollout pod is gone
 
 
 @dataclass
@@ -41,50 +44,21 @@ class Outcome:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def adopt(manifest: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    """kopf.adopt: ownerReference to the RLJob (controller, blockOwnerDeletion: garbage-collected with it), the
-    RLJob's namespace, and its labels on the child (ours win where both set one).
-    """
-    kopf.adopt(manifest, owner=kopf.Body(cast(kopf.RawBody, body)))
-    return manifest
-
-
-async def event(kube: Kube, body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-    meta = body["metadata"]
-    namespace = meta.get("namespace", "default")
-    now = _now()
-    await kube.create(
-        namespace,
-        "events",
-        {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": meta["name"],
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": "kuberl-operator"},
-        },
-    )
-
-
 def _role_of(pod: dict[str, Any]) -> tuple[str, int]:
     labels = pod["metadata"].get("labels") or {}
     return labels.get(builders.LABEL_ROLE, ""), int(labels.get(builders.LABEL_INDEX, "0"))
+
+
+def _failures(consecutive: dict[str, int], nodes: dict[str, int], resting: set[str]) -> str:
+    value: dict[str, Any] = {"consecutive": consecutive, "nodes": nodes}
+    if resting:
+        value["resting"] = sorted(resting)
+    return json.dumps(value, sort_keys=True)
+
+
+def _phase(pod: dict[str, Any]) -> str | None:
+    phase = (pod.get("status") or {}).get("phase")
+    return str(phase) if phase else None
 
 
 def _annotation(body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -125,8 +99,15 @@ async def reconcile(
     probe: ControllerProbe | None = None,
     clock: Callable[[], float] = time.time,
     settings: Settings = DEFAULTS,
+    *,
+    lost: WorkerLost | None = None,
+    gone: Sequence[dict[str, Any]] = (),
 ) -> Outcome:
-    """Bring the job's children toward the spec; return the status patch ({} when nothing changed)."""
+    """Bring the job's children toward the spec; return the status patch ({} when nothing changed).
+
+    `gone`: pods deleted by someone else since the last reconcile (their last state, from the DELETED watch
+    event): a fault like a failed pod, since no pod object is left to see it in.
+    """
     now = _now()
     meta = body["metadata"]
     name, namespace = meta["name"], meta.get("namespace", "default")
@@ -163,31 +144,48 @@ async def reconcile(
     failures = _annotation(body, FAILURES_ANNOTATION)
     consecutive: dict[str, int] = dict(failures.get("consecutive") or {})
     nodes: dict[str, int] = dict(failures.get("nodes") or {})
+    resting: set[str] = set(failures.get("resting") or [])
     restarting = False
     annotations_before = (
         json.dumps(backoff, sort_keys=True),
-        json.dumps({"consecutive": consecutive, "nodes": nodes}, sort_keys=True),
+        _failures(consecutive, nodes, resting),
     )
 
-    async def delete_pods(victims: list[dict[str, Any]]) -> None:
+    async def delete_pods(victims: list[dict[str, Any]], why: str) -> None:
         for pod in victims:
-            if await kube.delete(namespace, "pods", pod["metadata"]["name"]):
+            if await delete_pod(kube, pod, why):
                 outcome.deleted.append(pod["metadata"]["name"])
+            if lost is not None and _role_of(pod)[0] == "rollout" and why not in ("finished", "failed-job"):
+                await lost(job, namespace, pod["metadata"]["name"])  # its leases go back now, not at expiry
 
     if job.spec.suspend or complete or failed:
-        await delete_pods(pods)
+        await delete_pods(pods, "suspended" if job.spec.suspend else "finished")
         pods = []
     else:
         await _ensure_shared_children(kube, body, job, outcome, settings)
         ft = job.spec.faultTolerance
-        for pod in list(pods):
+        exited = [p for p in pods if _role_of(p)[0] == "rollout" and _phase(p) == "Succeeded"]
+        if exited:  # drained for a scale-down, before the pool size came down: a clean exit, not a fault
+            pause = policy.backoff(1, ft.restartBackoffSeconds, ft.maxRestartBackoffSeconds)
+            for pod in exited:
+                backoff[pod["metadata"]["name"]] = clock() + pause
+                resting.add(pod["metadata"]["name"])
+            outcome.requeue(pause)
+            await delete_pods(exited, "exited")
+            pods = [p for p in pods if p not in exited]
+        faults = [
+            (p, "failed")
+            for p in pods
+            if _phase(p) == "Failed" or (_phase(p) == "Succeeded" and _role_of(p)[0] == "controller")
+        ]
+        wanted_now = {("controller", 0), *(("trainer", i) for i in range(desired["trainer"]))}
+        wanted_now |= {("rollout", i) for i in range(desired["rollout"])}
+        faults += [(p, "was deleted") for p in gone if _role_of(p) in wanted_now and p not in pods]
+        for pod, what in faults:
             role, _ = _role_of(pod)
-            phase = (pod.get("status") or {}).get("phase")
-            if phase not in ("Failed", "Succeeded") or (role == "trainer" and phase == "Succeeded"):
-                continue
             pod_id = pod["metadata"]["name"]
             node = (pod.get("spec") or {}).get("nodeName")
-            if node:
+            if node and what == "failed":  # a deletion says nothing about the node
                 nodes[node] = nodes.get(node, 0) + 1
             consecutive[pod_id] = consecutive.get(pod_id, 0) + 1
             decision = policy.on_failure(
@@ -198,31 +196,35 @@ async def reconcile(
                 ft.maxRestarts,
                 ft.restartBackoffSeconds,
                 ft.maxRestartBackoffSeconds,
+                what,
             )
             await event(kube, body, decision.reason, decision.message, warning=True)
             if decision.action == "fail":
                 failed = (c.RESTART_LIMIT_EXCEEDED, decision.message)
-                await delete_pods(pods)
+                await delete_pods(pods, "failed-job")
                 pods = []
                 break
             restarting = True
             restarts[role] = restarts.get(role, 0) + 1
-            victims = [pod]
+            victims = [pod] if pod in pods else []
             if decision.action in ("restart_gang", "restart_controller"):
                 victims += [p for p in pods if _role_of(p)[0] == "trainer" and p is not pod]
-            for victim in victims:
-                backoff[victim["metadata"]["name"]] = clock() + decision.delay
+            for name_ in {pod_id, *(v["metadata"]["name"] for v in victims)}:
+                backoff[name_] = clock() + decision.delay
             outcome.requeue(decision.delay)
-            await delete_pods(victims)
+            if role == "rollout" and not victims and lost is not None:
+                await lost(job, namespace, pod_id)
+            await delete_pods(victims, "restart")
             pods = [p for p in pods if p not in victims]
         if not failed:
             wanted = [("controller", 0)] + [("trainer", i) for i in range(desired["trainer"])]
             present = {_role_of(p) for p in pods}
-            # The controller and the trainer ranks restart together however a pod went. A failure is handled above;
-            # a deletion (kubectl, an API eviction) leaves no Failed pod to see, but the remaining trainers must go
-            # too: a new controller restores its last checkpoint, which running trainers are already past (they
-            # would wait forever for a batch it never closes), and a rank cannot rejoin a running gang.
-            gone = [builders.pod_name(name, r, i) for r, i in wanted if (r, i) not in present]
+            # The controller and the trainer ranks restart together however a pod went. Failures and the deletions
+            # the watch reported are handled above; a deletion nobody saw (the operator was down) leaves only a
+            # missing pod, but the remaining trainers must go too: a new controller restores its last checkpoint,
+            # which running trainers are already past (they would wait forever for a batch it never closes), and a
+            # rank cannot rejoin a running gang.
+            missing = [builders.pod_name(name, r, i) for r, i in wanted if (r, i) not in present]
             stranded = [
                 p
                 for p in pods
@@ -230,15 +232,17 @@ async def reconcile(
                 and not p["metadata"].get("deletionTimestamp")
                 and (p.get("status") or {}).get("phase") != "Succeeded"
             ]
-            if gone and stranded:
+            if missing and stranded:
                 delay = policy.backoff(1, ft.restartBackoffSeconds, ft.maxRestartBackoffSeconds)
-                message = f"{', '.join(gone)} gone: restarting the trainer gang from its last checkpoint in {delay:g}s"
+                message = (
+                    f"{', '.join(missing)} gone: restarting the trainer gang from its last checkpoint in {delay:g}s"
+                )
                 await event(kube, body, policy.GANG_RESTARTED, message, warning=True)
                 for pod in stranded:
                     backoff[pod["metadata"]["name"]] = clock() + delay
                 restarting = True
                 outcome.requeue(delay)
-                await delete_pods(stranded)
+                await delete_pods(stranded, "restart")
                 pods = [p for p in pods if p not in stranded]
                 present = {_role_of(p) for p in pods}
             avoid = policy.avoided_nodes(nodes, ft.nodeFailureThreshold)
@@ -249,17 +253,18 @@ async def reconcile(
                 if (role, index) in present:
                     continue
                 if backoff.get(pod_id, 0) > clock():
-                    restarting = True
+                    restarting = restarting or pod_id not in resting
                     outcome.requeue(backoff[pod_id] - clock())
                     continue
                 backoff.pop(pod_id, None)
+                resting.discard(pod_id)
                 manifest = adopt(builders.build_pod(job, cfg, role, index, settings.worker_image, avoid), body)
                 await kube.create(namespace, "pods", manifest)
                 outcome.created.append(pod_id)
             extra = [p for p in pods if _role_of(p)[0] == "rollout" and _role_of(p)[1] >= desired["rollout"]]
-            await delete_pods(extra)
+            await delete_pods(extra, "scaled-down")
             pods = [p for p in pods if p not in extra]
-            await _roll_rollouts(kube, body, job, pods, desired["rollout"], outcome)
+            await _roll_rollouts(kube, body, job, pods, desired["rollout"], outcome, delete_pods)
             new_avoided = sorted(set(avoid) - set(old.get("avoidedNodes") or []))
             if new_avoided:
                 await event(
@@ -275,7 +280,7 @@ async def reconcile(
                     consecutive.pop(pod["metadata"]["name"], None)
     if (
         json.dumps(backoff, sort_keys=True),
-        json.dumps({"consecutive": consecutive, "nodes": nodes}, sort_keys=True),
+        _failures(consecutive, nodes, resting & set(backoff)),
     ) != annotations_before:
         await kube.merge_patch(
             path(namespace, "rljobs", name),
@@ -283,7 +288,7 @@ async def reconcile(
                 "metadata": {
                     "annotations": {
                         BACKOFF_ANNOTATION: json.dumps(backoff, sort_keys=True),
-                        FAILURES_ANNOTATION: json.dumps({"consecutive": consecutive, "nodes": nodes}, sort_keys=True),
+                        FAILURES_ANNOTATION: _failures(consecutive, nodes, resting & set(backoff)),
                     }
                 }
             },
@@ -311,7 +316,13 @@ async def reconcile(
 
 
 async def _roll_rollouts(
-    kube: Kube, body: dict[str, Any], job: RLJob, pods: list[dict[str, Any]], desired: int, outcome: Outcome
+    kube: Kube,
+    body: dict[str, Any],
+    job: RLJob,
+    pods: list[dict[str, Any]],
+    desired: int,
+    outcome: Outcome,
+    delete_pods: Callable[[list[dict[str, Any]], str], Awaitable[None]],
 ) -> None:
     """A changed rollout template replaces rollout pods one at a time: only while every other one is ready, so the
     pool never drops by more than one; the replaced pod's leases go back to the controller's queue.
@@ -324,8 +335,8 @@ async def _roll_rollouts(
     if not stale or outcome.created or len(rollouts) < desired or not all(st.pod_ready(p) for p in rollouts):
         return
     victim = stale[0]["metadata"]["name"]
-    if await kube.delete(job.metadata.namespace or "default", "pods", victim):
-        outcome.deleted.append(victim)
+    await delete_pods(stale[:1], "rolling-update")
+    if victim in outcome.deleted:
         outcome.requeue(0)
         await event(
             kube,
@@ -372,9 +383,12 @@ async def reconcile_and_patch(
     probe: ControllerProbe | None = None,
     clock: Callable[[], float] = time.time,
     settings: Settings = DEFAULTS,
+    *,
+    lost: WorkerLost | None = None,
+    gone: Sequence[dict[str, Any]] = (),
 ) -> Outcome:
     """reconcile(), then one status patch through the status subresource, and only if something changed."""
-    outcome = await reconcile(kube, body, probe, clock, settings)
+    outcome = await reconcile(kube, body, probe, clock, settings, lost=lost, gone=gone)
     if outcome.status_patch:
         meta = body["metadata"]
         await kube.merge_patch(

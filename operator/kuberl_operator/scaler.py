@@ -10,8 +10,9 @@ from typing import Any
 
 from kuberl_operator import builders, metrics, policy
 from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.children import event
 from kuberl_operator.kube import Kube, path
-from kuberl_operator.reconcile import SCALE_ANNOTATION, desired_rollouts, event
+from kuberl_operator.reconcile import SCALE_ANNOTATION, desired_rollouts
 
 Demand = Callable[[RLJob, str], Awaitable[dict[str, Any] | None]]
 Drain = Callable[[RLJob, str, str], Awaitable[bool]]
@@ -20,6 +21,7 @@ Drain = Callable[[RLJob, str, str], Awaitable[bool]]
 @dataclass
 class ScalerState:
     low_since: float | None = None
+    resized: bool = False  # the last decision wrote a new pool size: reconcile now, not at the next resync
 
 
 async def scale_once(
@@ -58,6 +60,7 @@ async def scale_once(
         rollout.scaleDownDelaySeconds,
     )
     state.low_since = decision.low_since
+    state.resized = False
     if decision.target == current:
         return decision
     if decision.target < current:
@@ -70,6 +73,7 @@ async def scale_once(
         path(namespace, "rljobs", job.metadata.name),
         {"metadata": {"annotations": {SCALE_ANNOTATION: str(decision.target)}}},
     )
+    state.resized = True
     reason = policy.SCALED_UP if decision.target > current else policy.SCALED_DOWN
     metrics.SCALING.labels(job.metadata.name, namespace, "up" if decision.target > current else "down").inc()
     await event(kube, body, reason, f"rollout pool {current} -> {decision.target}: {decision.reason}")

@@ -1,7 +1,9 @@
 """The end-to-end tier: the real operator process against a cluster, with the test kubelet running real workers.
 
 Without options the cluster is the emulated one (tests/support/cluster.py: kmock's API emulator, extended);
-`--kube-config PATH` points the same tests at a real cluster, `--no-test-kubelet` leaves pods to its real nodes.
+`--kube-config PATH` points the same tests at a real cluster, `--no-test-kubelet` leaves pods to its real nodes
+(with `--worker-image IMAGE`): then the API-only test runs (deletions as faults, completion, garbage collection) and
+the tests that kill processes or read the kubelet's files say they need the test kubelet.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     api = Api(kubeconfig, namespace)
     api.run(lambda kube: kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}}))
     try:
-        yield Cluster(kubeconfig, api, emulated.emulator if emulated else None)
+        yield Cluster(
+            kubeconfig,
+            api,
+            emulated.emulator if emulated else None,
+            request.config.getoption("--worker-image"),
+            request.config.getoption("--checkpoint-access-mode"),
+        )
     finally:
         api.run(lambda kube: kube.call("DELETE", f"/api/v1/namespaces/{namespace}"))
         if emulated is not None:

@@ -46,8 +46,8 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
     cluster: Cluster, operator: Operator, kubelet: TestKubelet | None, prometheus: PrometheusServer
 ) -> None:
     api = cluster.api
-    if kubelet is None:  # real nodes: the model is built inside the pods
-        pytest.skip("needs the test kubelet: the job reads its model from a PVC the kubelet provides")
+    if kubelet is None:  # real nodes: the next test covers them through the API alone
+        pytest.skip("kills pod processes and reads their logs and checkpoint files: needs the test kubelet")
     job = copy.deepcopy(JOB)
     job["metadata"]["namespace"] = api.namespace
     api.create("rljobs", job)
@@ -150,3 +150,81 @@ def assert_operator_requests_granted_by_chart(cluster: Cluster, operator: Operat
     ).stdout
     grants = granted(doc for doc in yaml.safe_load_all(out) if doc)
     assert used <= grants, f"the operator used, the chart does not grant: {sorted(used - grants)}\n{operator.log}"
+
+
+DELETIONS = "deletions"
+DELETION_STEPS = 40  # about a second each here: the second deletion must land well before the end
+
+
+def test_pods_deleted_by_someone_else_are_recovered_and_the_job_completes(
+    cluster: Cluster, operator: Operator, kubelet: TestKubelet | None
+) -> None:
+    """API-only, so it also runs on real nodes (`--no-test-kubelet --worker-image IMAGE`): `kubectl delete pod` of a
+    rollout pod and of a trainer rank are faults — counted, announced, recreated after backoff — and the job still
+    trains to the end, then is garbage-collected. On real nodes the pods build the model (`builtin: tiny`)."""
+    api = cluster.api
+    claim = f"{DELETIONS}-checkpoints"  # its own: the other job's checkpoints must not look like this job's
+    if kubelet is None:  # real nodes: a real claim (the test kubelet makes a folder per claim name)
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim},
+            "spec": {"accessModes": [cluster.access_mode], "resources": {"requests": {"storage": "1Gi"}}},
+        }
+        api.run(lambda kube: kube.call("POST", f"/api/v1/namespaces/{api.namespace}/persistentvolumeclaims", pvc))
+    # real nodes build the tiny model in each pod; the test kubelet's pods read the one the fixture built (faster)
+    model = {"builtin": "tiny"} if kubelet is None else JOB["spec"]["model"]
+    job = fault_drill_job(DELETIONS, DELETION_STEPS, model=model, checkpoint={"volume": claim})
+    job["metadata"]["namespace"] = api.namespace
+    api.create("rljobs", job)
+    patience = 300 if kubelet is not None else 900  # real nodes pull the worker image first
+
+    def status() -> dict[str, Any]:
+        return dict((api.get("rljobs", DELETIONS) or {}).get("status") or {})
+
+    def restarts(role: str) -> int:
+        return next((r["restarts"] for r in status().get("roles") or [] if r["name"] == role), 0)
+
+    def uid(pod: str) -> str | None:
+        return ((api.get("pods", pod) or {}).get("metadata") or {}).get("uid")
+
+    def events() -> list[tuple[str, str]]:
+        about = [e for e in api.list("events") if (e.get("involvedObject") or {}).get("name") == DELETIONS]
+        return [(e["reason"], e["message"]) for e in about]
+
+    def explain() -> str:
+        pods = {p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in api.list("pods")}
+        logs = "".join(f"--- {n}\n{kubelet.log_of(n)[-1500:]}\n" for n in sorted(pods)) if kubelet else ""
+        operator_log = operator.log.read_text()[-3000:]
+        return f"status: {status()}\npods: {pods}\nevents: {events()}\n--- operator\n{operator_log}\n{logs}"
+
+    def step_at_least(n: int) -> Callable[[], bool]:
+        return lambda: int(status().get("step") or 0) >= n
+
+    def delete(role: str, reason: str) -> None:
+        pod = f"{DELETIONS}-{role}-0"
+        before = uid(pod)
+        assert before and api.delete("pods", pod)
+        wait_for(lambda: restarts(role) == 1 and uid(pod) not in (None, before), f"{pod} recreated", patience, explain)
+        assert (reason, f"{pod} was deleted") in [(r, m.split(":")[0]) for r, m in events()], explain()
+
+    wait_for(step_at_least(2), "the first steps", patience, explain)
+    delete("rollout", "PodRecreated")
+    at_delete = int(status().get("step") or 0)
+    wait_for(step_at_least(at_delete + 3), "three more steps (past a checkpoint)", patience, explain)
+    assert int(status()["step"]) < DELETION_STEPS - 5, f"too late to delete the trainer mid-training\n{explain()}"
+    delete("trainer", "GangRestarted")
+    assert restarts("controller") == 0
+
+    def complete() -> bool:
+        return any(c["type"] == "Complete" and c["status"] == "True" for c in status().get("conditions") or [])
+
+    wait_for(complete, "Complete", patience + 300, explain)
+    assert status()["step"] == DELETION_STEPS
+    wait_for(lambda: api.list("pods", f"kuberl.io/job={DELETIONS}") == [], "pods cleaned up", 120, explain)
+    if kubelet is not None:
+        assert_every_prompt_trained_once(kubelet.root / "pvc" / claim)
+    assert api.delete("rljobs", DELETIONS)
+    wait_for(lambda: api.get("rljobs", DELETIONS) is None, "the RLJob deleted", 120, explain)
+    for plural in ("configmaps", "secrets", "services"):
+        wait_for(partial(api.list, plural, f"kuberl.io/job={DELETIONS}"), f"{plural} collected", 60, explain, gone=True)

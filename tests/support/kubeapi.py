@@ -86,6 +86,8 @@ class Cluster:
     kubeconfig: Path
     api: Api
     emulator: EmulatedApiServer | None  # None on a real cluster
+    worker_image: str | None = None  # given to the operator (real nodes pull it)
+    access_mode: str = "ReadWriteOnce"  # of the checkpoint claims the tier creates on real nodes
 
 
 @dataclass
@@ -108,6 +110,8 @@ def start_operator(cluster: Cluster, folder: Path) -> Operator:
     metrics_port, health_port = free_port(), free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERL_OPERATOR_METRICS_PORT": str(metrics_port)}
     env["KUBERL_OPERATOR_RESYNC_SECONDS"] = "2"  # status.step follows the controller closely enough to aim faults
+    if cluster.worker_image:
+        env["KUBERL_WORKER_IMAGE"] = cluster.worker_image
     command = [sys.executable, "-m", "kuberl_operator.cli", "operator", "--standalone"]
     command += ["--namespace", cluster.api.namespace, "--liveness", f"http://127.0.0.1:{health_port}/healthz"]
     process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)

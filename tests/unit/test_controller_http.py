@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -210,3 +211,23 @@ async def test_replayed_and_future_versions_and_lost_workers(client: Client) -> 
     held = len((await reply.json())["chunks"])
     lost = await client.post("/v1/workers/lost", json={"worker": "r1"}, headers=AUTH)
     assert held > 0 and (await lost.json()) == {"worker": "r1", "requeued": held}
+
+
+async def test_a_rollout_pod_recreated_under_its_name_starts_clean(client: Client) -> None:
+    """The same pod name registering again is a new process: the old one's leases go back to the queue at once (not
+    after its heartbeats run out), and a drain aimed at the old one does not stop the new one."""
+    await client.post("/v1/workers/register", json={"worker": "r0", "role": "rollout"}, headers=AUTH)
+    lease = await client.post("/v1/rollout/lease", json={"worker": "r0", "maxRollouts": 2, "version": 0}, headers=AUTH)
+    held = len((await lease.json())["chunks"])
+    assert held == 2
+    drain = await (await client.post("/v1/rollout/drain", json={"worker": "r0"}, headers=AUTH)).json()
+    assert drain == {"worker": "r0", "leases": held, "drained": False}
+    await client.post("/v1/workers/register", json={"worker": "r0", "role": "rollout"}, headers=AUTH)
+    metrics = await (await client.get("/metrics")).text()
+    assert re.search(rf"^kuberl_leases_requeued_total{{[^}}]*}} {held}\.0$", metrics, re.MULTILINE), metrics
+    beat = await client.post(
+        "/v1/workers/heartbeat", json={"worker": "r0", "role": "rollout", "version": 0}, headers=AUTH
+    )
+    assert (await beat.json())["drain"] is False
+    again = await client.post("/v1/rollout/lease", json={"worker": "r0", "maxRollouts": 2, "version": 0}, headers=AUTH)
+    assert len((await again.json())["chunks"]) == held  # the requeued rollouts, to the new process

@@ -10,37 +10,11 @@ from kuberl_operator.kube import Kube, path
 from kuberl_operator.reconcile import BACKOFF_ANNOTATION, reconcile_and_patch
 from kuberl_operator.settings import Settings
 from support.apiserver import EmulatedApiServer, UncheckedApiServer
-from support.specs import minimal_job
-
-
-async def _job(kube: Kube, **spec: Any) -> dict[str, Any]:
-    doc = minimal_job(**spec)
-    await kube.create("default", "rljobs", doc)
-    body = await kube.get(path("default", "rljobs", "job"))
-    assert body is not None
-    return body
-
-
-async def _body(kube: Kube) -> dict[str, Any]:
-    body = await kube.get(path("default", "rljobs", "job"))
-    assert body is not None
-    return body
-
-
-async def _set_phase(kube: Kube, name: str, phase: str, ready: bool = True, node: str = "node-1") -> None:
-    """What the scheduler (a binding) and the kubelet (status, through the subresource) would write."""
-    pod = await kube.get(path("default", "pods", name))
-    if pod is not None and not pod["spec"].get("nodeName"):
-        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"name": node}}
-        await kube.call("POST", path("default", "pods", name, "binding"), binding)
-    await kube.merge_patch(
-        path("default", "pods", name, "status"),
-        {"status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}},
-    )
-
-
-async def _pods(kube: Kube) -> list[str]:
-    return sorted(p["metadata"]["name"] for p in await kube.list("default", "pods", "kuberl.io/job=job"))
+from support.kmock_jobs import body_of as _body
+from support.kmock_jobs import events_of as _events
+from support.kmock_jobs import new_job as _job
+from support.kmock_jobs import pods_of as _pods
+from support.kmock_jobs import set_phase as _set_phase
 
 
 async def test_create_builds_every_child_with_owner_references(api: tuple[EmulatedApiServer, Kube]) -> None:
@@ -199,10 +173,6 @@ async def test_completion_reported_by_the_controller(api: tuple[EmulatedApiServe
     assert await _pods(kube) == [] and status["step"] == 100 and "completionTime" in status
     complete = next(x for x in status["conditions"] if x["type"] == "Complete")
     assert complete["status"] == "True"
-
-
-async def _events(kube: Kube) -> list[tuple[str, str]]:
-    return [(e["reason"], e["message"]) for e in await kube.list("default", "events", "")]
 
 
 async def test_rollout_template_change_replaces_rollout_pods_one_at_a_time(

@@ -132,7 +132,7 @@ def _auth_middleware(token: str) -> Any:
 
 async def register(request: web.Request) -> web.Response:
     c, body = request.app[CONTROLLER], await _parse(request, RegisterRequest)
-    c.seen(body.worker, body.role, body.version, body.address)
+    c.registered(body.worker, body.role, body.version, body.address)
     reply: dict[str, Any] = {
         "version": c.scheduler.version,
         "weightsUri": c.weights_uri,

@@ -103,6 +103,17 @@ class Controller:
             peer.address = address
         return peer
 
+    def registered(self, worker: str, role: str, version: int | None, address: str) -> Peer:
+        """A worker process starts. A rollout worker's name already in the scheduler is a previous incarnation
+        (its pod recreated before its heartbeats ran out): that one's leases go back to the queue, and a drain
+        aimed at it does not stop the new process.
+        """
+        if role == "rollout" and worker in self.scheduler.workers:
+            requeued = self.scheduler.worker_lost(worker)
+            if requeued:
+                log.warning("worker %s registered again: %d leases of its last run requeued", worker, requeued)
+        return self.seen(worker, role, version, address)
+
     def alive(self, role: str) -> int:
         return sum(1 for p in self.peers.values() if p.role == role)
 

@@ -112,7 +112,10 @@ class RolloutWorker:
         app = web.Application()
 
         async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"ok": self.engine is not None, "version": self.version})
+            # 503 until the engine has loaded (minutes for a large model): the pod is Ready only when it can generate
+            return web.json_response(
+                {"ok": self.engine is not None, "version": self.version}, status=200 if self.engine is not None else 503
+            )
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
