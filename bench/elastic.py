@@ -201,10 +201,9 @@ def main() -> None:
             },
             "headline": [
                 f"scale-up: demand change -> new pods created, median {up_pods:.1f}s over {len(ups)} changes "
-                f"(scaler poll every {SCALER_POLL:g}s, then the pods wait for the next resync tick)",
+                f"(scaler poll every {SCALER_POLL:g}s; the scaler reconciles right after resizing)",
                 f"scale-down: {side_effects['rollout restarts in status']} rollout restarts (PodRecreated warnings) "
-                f"counted over {len(downs)} scale-downs: a drained worker that exits before the next resync deletes "
-                "its pod is taken for a failed pod",
+                f"counted over {len(downs)} scale-downs (a drained worker's exit is a clean one)",
                 f"simulated: elastic pool (avg {elastic['avg replicas']:.1f}) holds the slow third at "
                 f"{elastic['step s (slow third)']:.1f}s/step vs {average['step s (slow third)']:.1f}s for a fixed "
                 f"pool of its average size, finishing in {elastic['total s'] / average['total s']:.2f}x its time at "
