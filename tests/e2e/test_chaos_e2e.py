@@ -36,7 +36,7 @@ from support.specs import fault_drill_job
 
 EMULATOR = TrappingApiServer  # read by the `cluster` fixture (tests/e2e/conftest.py)
 NAME = "chaos-e2e"
-STEPS = 30
+STEPS = 45  # room after the last fault: rollout pods are Ready only once vLLM has loaded (~30 s here)
 SEED = 0  # picks the rollout victims; the kinds and their order are fixed so that each lands mid-training
 JOB = fault_drill_job(
     NAME, STEPS, model={"volume": "models", "path": "tiny", "dtype": "float32"}, checkpoint={"volume": "checkpoints"}
