@@ -28,6 +28,7 @@ FAILURES_ANNOTATION = "kuberl.io/failures"
 SCALE_ANNOTATION = "kuberl.io/rollout-desired"  # written by the scaler daemon
 
 DEFAULTS = Settings()
+JOB_ENDING = ("suspended", "finished", "failed-job")  # deletion reasons that take every pod, the controller too
 ControllerProbe = Callable[[RLJob, str], Awaitable[dict[str, Any] | None]]
 WorkerLost = Callable[[RLJob, str, str], Awaitable[object]]  # tell the controller a rollout pod is gone
 
@@ -151,12 +152,17 @@ async def reconcile(
         _failures(consecutive, nodes, resting),
     )
 
+    async def release(pod: dict[str, Any]) -> None:
+        """A rollout pod went while the job runs on: its leases go back to the queue now, not at expiry."""
+        if lost is not None and _role_of(pod)[0] == "rollout":
+            await lost(job, namespace, pod["metadata"]["name"])
+
     async def delete_pods(victims: list[dict[str, Any]], why: str) -> None:
         for pod in victims:
             if await delete_pod(kube, pod, why):
                 outcome.deleted.append(pod["metadata"]["name"])
-            if lost is not None and _role_of(pod)[0] == "rollout" and why not in ("finished", "failed-job"):
-                await lost(job, namespace, pod["metadata"]["name"])  # its leases go back now, not at expiry
+            if why not in JOB_ENDING:  # the controller goes too: nothing to tell it
+                await release(pod)
 
     if job.spec.suspend or complete or failed:
         await delete_pods(pods, "suspended" if job.spec.suspend else "finished")
@@ -212,8 +218,8 @@ async def reconcile(
             for name_ in {pod_id, *(v["metadata"]["name"] for v in victims)}:
                 backoff[name_] = clock() + decision.delay
             outcome.requeue(decision.delay)
-            if role == "rollout" and not victims and lost is not None:
-                await lost(job, namespace, pod_id)
+            if not victims:  # deleted by someone else: nothing left to delete, but its leases must go back
+                await release(pod)
             await delete_pods(victims, "restart")
             pods = [p for p in pods if p not in victims]
         if not failed:

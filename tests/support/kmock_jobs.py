@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from kuberl_operator.kube import Kube, path
+from kuberl_operator.reconcile import SCALE_ANNOTATION
 from support.apiserver import EmulatedApiServer, RecordingBus
 from support.specs import minimal_job
 
@@ -51,3 +52,10 @@ def deleted_pods(emulator: EmulatedApiServer) -> dict[str, dict[str, Any]]:
         for event in bus.history
         if event["type"] == "DELETED" and "kuberl.io/role" in (event["object"]["metadata"].get("labels") or {})
     }
+
+
+async def set_pool(kube: Kube, replicas: int) -> None:
+    """What the scaler daemon writes: the rollout pool size it chose."""
+    await kube.merge_patch(
+        path("default", "rljobs", "job"), {"metadata": {"annotations": {SCALE_ANNOTATION: str(replicas)}}}
+    )

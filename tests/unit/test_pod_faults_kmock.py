@@ -6,9 +6,9 @@ from typing import Any
 
 from kuberl_operator.children import DELETED_BY_ANNOTATION, deleted_by_someone_else
 from kuberl_operator.kube import Kube, path
-from kuberl_operator.reconcile import BACKOFF_ANNOTATION, SCALE_ANNOTATION, reconcile_and_patch
+from kuberl_operator.reconcile import BACKOFF_ANNOTATION, reconcile_and_patch
 from support.apiserver import EmulatedApiServer
-from support.kmock_jobs import body_of, deleted_pods, events_of, new_job, pods_of, set_phase
+from support.kmock_jobs import body_of, deleted_pods, events_of, new_job, pods_of, set_phase, set_pool
 
 
 class Lost:
@@ -28,9 +28,9 @@ def restarts(body: dict[str, Any]) -> dict[str, int]:
 async def test_every_deletion_by_the_operator_is_signed_with_its_reason(api: tuple[EmulatedApiServer, Kube]) -> None:
     emulator, kube = api
     await reconcile_and_patch(kube, await new_job(kube, rollout={"minReplicas": 1, "maxReplicas": 3}))
-    await kube.merge_patch(path("default", "rljobs", "job"), {"metadata": {"annotations": {SCALE_ANNOTATION: "3"}}})
+    await set_pool(kube, 3)
     await reconcile_and_patch(kube, await body_of(kube))
-    await kube.merge_patch(path("default", "rljobs", "job"), {"metadata": {"annotations": {SCALE_ANNOTATION: "2"}}})
+    await set_pool(kube, 2)
     await reconcile_and_patch(kube, await body_of(kube))
     await set_phase(kube, "job-rollout-1", "Failed", ready=False)
     await reconcile_and_patch(kube, await body_of(kube))
@@ -71,9 +71,9 @@ async def test_a_pod_deleted_by_someone_else_is_a_fault_recreated_after_backoff(
 async def test_a_deleted_pod_that_is_no_longer_wanted_is_no_fault(api: tuple[EmulatedApiServer, Kube]) -> None:
     emulator, kube = api
     await reconcile_and_patch(kube, await new_job(kube, rollout={"minReplicas": 1, "maxReplicas": 3}))
-    await kube.merge_patch(path("default", "rljobs", "job"), {"metadata": {"annotations": {SCALE_ANNOTATION: "2"}}})
+    await set_pool(kube, 2)
     await reconcile_and_patch(kube, await body_of(kube))
-    await kube.merge_patch(path("default", "rljobs", "job"), {"metadata": {"annotations": {SCALE_ANNOTATION: "1"}}})
+    await set_pool(kube, 1)
     assert await kube.delete("default", "pods", "job-rollout-1")  # somebody was quicker than the scale-down
     outcome = await reconcile_and_patch(kube, await body_of(kube), gone=[deleted_pods(emulator)["job-rollout-1"]])
     assert outcome.created == [] and restarts(await body_of(kube))["rollout"] == 0
@@ -99,7 +99,7 @@ async def test_a_drained_rollout_that_exited_is_no_failure(api: tuple[EmulatedAp
     _, kube = api
     spec = {"rollout": {"minReplicas": 1, "maxReplicas": 2}, "faultTolerance": {"restartBackoffSeconds": 5}}
     await reconcile_and_patch(kube, await new_job(kube, **spec))
-    await kube.merge_patch(path("default", "rljobs", "job"), {"metadata": {"annotations": {SCALE_ANNOTATION: "2"}}})
+    await set_pool(kube, 2)
     await reconcile_and_patch(kube, await body_of(kube))
     await set_phase(kube, "job-rollout-1", "Succeeded", ready=False)
     lost, now = Lost(), 1000.0
@@ -109,7 +109,7 @@ async def test_a_drained_rollout_that_exited_is_no_failure(api: tuple[EmulatedAp
     assert restarts(body)["rollout"] == 0 and not [e for e in await events_of(kube) if e[0] == "PodRecreated"]
     ready = next(x for x in body["status"]["conditions"] if x["type"] == "Ready")
     assert ready["reason"] != "Restarting"
-    await kube.merge_patch(path("default", "rljobs", "job"), {"metadata": {"annotations": {SCALE_ANNOTATION: "1"}}})
+    await set_pool(kube, 1)
     assert (await reconcile_and_patch(kube, await body_of(kube), clock=lambda: now + 6)).created == []
 
 
