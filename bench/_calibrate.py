@@ -65,7 +65,8 @@ def measure_trainer(model_dir: Path, sequences: int = 64, length: int = 64) -> d
     from transformers import LlamaForCausalLM
 
     from kuberl_workers.config import AlgorithmConfig
-    from kuberl_workers.trainer.step import make_optimizer, publish_weights, train_step
+    from kuberl_workers.trainer.step import make_optimizer, train_step
+    from kuberl_workers.trainer.weights import publish_weights
 
     torch.set_num_threads(1)
     model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)

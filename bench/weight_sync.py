@@ -77,7 +77,7 @@ class Bench:
 
     def sync(self, model: torch.nn.Module, hosts: list[Host], mode: str) -> tuple[float, float, list[dict[str, Any]]]:
         """Publish one version and have every host load it at once; (publish s, publish-to-last-loaded s, replies)."""
-        from kuberl_workers.trainer.step import publish_weights
+        from kuberl_workers.trainer.weights import publish_weights
 
         self.version += 1
         with stopwatch() as total:

@@ -11,6 +11,7 @@ from kuberl_workers.config import (
     ModelConfig,
     ScaleConfig,
     TaskConfig,
+    TrainerConfig,
     WorkerConfig,
 )
 
@@ -39,8 +40,11 @@ def worker_config(
         task=TaskConfig(
             datasetPath=under(data_root, spec.task.dataset.path, spec.task.dataset.volume),
             datasetBuiltin=spec.task.dataset.builtin,
+            datasetFormat=spec.task.dataset.format,
             promptField=spec.task.dataset.promptField,
             answerField=spec.task.dataset.answerField,
+            promptFormat=spec.task.promptFormat,
+            systemPrompt=spec.task.systemPrompt,
             reward=spec.task.reward,
             promptsPerStep=spec.task.promptsPerStep,
             samplesPerPrompt=spec.task.samplesPerPrompt,
@@ -58,6 +62,8 @@ def worker_config(
             weightDecay=spec.algorithm.weightDecay,
             maxGradNorm=spec.algorithm.maxGradNorm,
             steps=spec.algorithm.steps,
+            ppoEpochs=spec.algorithm.ppoEpochs,
+            miniBatches=spec.algorithm.miniBatches,
         ),
         c3po=C3POConfig(**spec.c3po.model_dump()),
         scale=ScaleConfig(
@@ -68,6 +74,10 @@ def worker_config(
             targetStepSeconds=spec.rollout.targetStepSeconds,
             tensorParallelSize=spec.rollout.tensorParallelSize,
             gpuMemoryUtilization=spec.rollout.gpuMemoryUtilization,
+        ),
+        trainer=TrainerConfig(
+            maxTokensPerMicroBatch=spec.trainer.maxTokensPerMicroBatch,
+            gradientCheckpointing=spec.trainer.gradientCheckpointing,
         ),
         fault=FaultConfig(
             leaseSeconds=spec.faultTolerance.leaseSeconds,

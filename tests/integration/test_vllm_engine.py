@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from kuberl_workers.rollout.engine import Chunk, Engine
-from kuberl_workers.trainer.step import token_logprobs
+from kuberl_workers.trainer.logprobs import token_logprobs
 
 PROMPTS = [[256, 49, 50, 43, 55, 61], [256, 57, 42, 56, 61], [256, 49, 48, 48, 43, 49, 61]]
 

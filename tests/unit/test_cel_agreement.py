@@ -60,6 +60,18 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
         {"spec.faultTolerance": {"restartBackoffSeconds": 100, "maxRestartBackoffSeconds": 50}},
         {"spec.faultTolerance.restartBackoffSeconds"},
     ),
+    ("fsdp2-not-implemented", {"spec.trainer.strategy": "fsdp2"}, {"spec.trainer.strategy"}),
+    (
+        "system-prompt-raw",
+        {"spec.task.promptFormat": "raw", "spec.task.systemPrompt": "Be brief."},
+        {"spec.task.systemPrompt"},
+    ),
+    ("tiny-has-no-chat-template", {"spec.task.promptFormat": "chat"}, {"spec.task.promptFormat"}),
+    ("tiny-system-prompt", {"spec.task.systemPrompt": "Be brief."}, {"spec.task.promptFormat"}),
+    ("dataset-unknown-suffix", {"spec.task.dataset": {"path": "/data/train.csv"}}, {"spec.task.dataset.path"}),
+    ("ppo-epochs-zero", {"spec.algorithm.ppoEpochs": 0}, {"spec.algorithm.ppoEpochs"}),
+    ("micro-batch-tiny", {"spec.trainer.maxTokensPerMicroBatch": 1}, {"spec.trainer.maxTokensPerMicroBatch"}),
+    ("unknown-builtin-model", {"spec.model.builtin": "gpt-5"}, {"spec.model.builtin"}),
     ("name-uppercase", {"metadata.name": "Bad_Name"}, {"metadata.name"}),
     ("name-too-long", {"metadata.name": "j" * 41}, {"metadata.name"}),
 ]
@@ -115,7 +127,7 @@ def test_immutable_trainer_replicas(schema: dict[str, Any]) -> None:
     ours = validate_update(RLJob.model_validate(old), RLJob.model_validate(new))
     theirs = admit(new, schema, old=old)
     assert [(p.path, p.message) for p in ours] == theirs == [("spec.trainer.replicas", "is immutable (2 -> 4)")]
-    same = minimal_job(trainer={"replicas": 2, "strategy": "fsdp2"})
+    same = minimal_job(trainer={"replicas": 2, "gradientCheckpointing": True})
     assert validate_update(RLJob.model_validate(old), RLJob.model_validate(same)) == []
     assert admit(same, schema, old=old) == []
 
@@ -138,9 +150,27 @@ def _valid_specs() -> st.SearchStrategy[dict[str, Any]]:
         if pinned is not None:
             rollout["replicas"] = pinned
         spec: dict[str, Any] = {
-            "model": draw(st.sampled_from([{"builtin": "tiny"}, {"path": "/m"}, {"volume": "models", "path": "m"}])),
+            "model": draw(
+                st.sampled_from(
+                    [
+                        {"builtin": "tiny"},
+                        {"builtin": "smollm2-135m-instruct"},
+                        {"path": "/m"},
+                        {"volume": "models", "path": "m"},
+                    ]
+                )
+            ),
             "task": {
-                "dataset": draw(st.sampled_from([{"builtin": "arithmetic"}, {"path": "/d.jsonl"}])),
+                "dataset": draw(
+                    st.sampled_from(
+                        [
+                            {"builtin": "arithmetic"},
+                            {"path": "/d.jsonl"},
+                            {"path": "/d.parquet"},
+                            {"path": "/d", "format": "parquet"},
+                        ]
+                    )
+                ),
                 "reward": draw(st.sampled_from(["exact_match", "numeric", "format"])),
                 "samplesPerPrompt": group,
                 "maxNewTokens": max_new,
@@ -155,7 +185,12 @@ def _valid_specs() -> st.SearchStrategy[dict[str, Any]]:
                 "inferencePoolCapacity": draw(st.integers(group, 1_000_000)),
                 "retention": draw(st.integers(0, 1000)),
             },
-            "trainer": {"replicas": draw(st.integers(1, 4096)), "strategy": draw(st.sampled_from(["ddp", "fsdp2"]))},
+            "trainer": {
+                "replicas": draw(st.integers(1, 4096)),
+                "strategy": "ddp",
+                "maxTokensPerMicroBatch": draw(st.integers(16, 100_000_000)),
+                "gradientCheckpointing": draw(st.booleans()),
+            },
             "rollout": rollout,
             "faultTolerance": {
                 "leaseSeconds": lease,
@@ -165,6 +200,10 @@ def _valid_specs() -> st.SearchStrategy[dict[str, Any]]:
             },
             "suspend": draw(st.booleans()),
         }
+        if spec["model"] != {"builtin": "tiny"}:  # the tiny model has no chat template
+            spec["task"]["promptFormat"] = draw(st.sampled_from(["auto", "chat", "raw"]))
+            if spec["task"]["promptFormat"] != "raw" and draw(st.booleans()):
+                spec["task"]["systemPrompt"] = "Answer with a number."
         return minimal_job(**spec)
 
     return build()

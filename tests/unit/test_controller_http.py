@@ -129,12 +129,32 @@ async def test_step_loop_over_http(client: Client, tmp_path: Path) -> None:
     group = batch["groups"][0]
     assert group["rollouts"][0]["outputIds"] == [52, 50] and group["rollouts"][0]["versions"] == [0, 0]
     assert {r["reward"] for g in batch["groups"] for r in g["rollouts"]} <= {0.0, 1.0}
+    samples = await (await client.get("/v1/samples?since=1", headers=AUTH)).json()
+    assert samples and samples[0]["step"] == 1 and samples[0]["completion"] == "42"
+    assert {"prompt", "answer", "reward", "finishReason", "versions", "completionTokens"} <= set(samples[0])
+    assert samples[0]["finishReason"] == "stop" and samples[0]["versions"] == [0]
+    assert (await client.get("/v1/samples?since=x", headers=AUTH)).status == 400
+    assert await (await client.get("/v1/samples?since=2", headers=AUTH)).json() == []
     pub = await client.post(
         "/v1/trainer/published",
-        json={"version": 1, "weightsUri": "file:///w/1", "checkpoint": True, "trainSeconds": 0.3},
+        json={
+            "version": 1,
+            "weightsUri": "file:///w/1",
+            "checkpoint": True,
+            "trainSeconds": 0.3,
+            "stats": {"loss": 0.5, "klRef": 0.01},
+        },
         headers=AUTH,
     )
     assert (await pub.json())["lastCheckpoint"].endswith("controller-00000001.json")
+    history = await (await client.get("/v1/history?since=1", headers=AUTH)).json()
+    assert history[0]["loss"] == 0.5 and history[0]["klRef"] == 0.01 and history[0]["completions"] >= 2
+    bad = await client.post(
+        "/v1/trainer/published",
+        json={"version": 2, "weightsUri": "u", "stats": {"loss": float("nan")}},
+        headers=AUTH,
+    )
+    assert bad.status == 400
     assert (tmp_path / "ckpt" / "controller-00000001.json").is_file()
     demand = await (await client.get("/v1/demand", headers=AUTH)).json()
     assert demand["tokenBudget"] == 4 and demand["desiredRolloutReplicas"] >= 1

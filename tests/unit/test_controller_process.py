@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from kuberl_workers.config import ENV_CONFIG, ENV_POD_IP, ENV_TOKEN_FILE, Ports
+from kuberl_workers.models.tiny import ensure_tiny
 from support.jobs import TOKEN, job_config
 from support.net import free_port, http_get
 
@@ -19,6 +20,7 @@ def test_controller_process_serves_and_stops(tmp_path: Path) -> None:
     cfg = job_config(tmp_path / "ckpt").model_copy(update={"ports": Ports(controller=port)})
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
     (tmp_path / "token").write_text(TOKEN + "\n")
+    ensure_tiny(cfg.seed)  # built (about 15 s) before the clock starts: this test is about serving, not building
     env = {
         **os.environ,
         ENV_CONFIG: str(tmp_path / "config.json"),

@@ -67,3 +67,36 @@ def test_equal_rewards_contribute_nothing() -> None:
     loss.backward()
     assert loss.item() == 0.0 and logp_new.grad is not None and not torch.isnan(logp_new.grad).any()
     assert torch.count_nonzero(logp_new.grad) == 0
+
+
+def test_k3_kl_value_and_gradient_by_hand() -> None:
+    """One sequence, two tokens, advantage 0 (only the KL term acts), klCoef 0.5.
+    d = logp_ref - logp: token 0 d = ln 2, token 1 d = 0. k3 = exp(d) - d - 1 = (1 - ln 2, 0); mean over the
+    sequence's 2 tokens (0.1534...) x 0.5 is the loss. d k3 / d logp = 1 - exp(d) = (-1, 0) -> x 0.5 / 2."""
+    logp = torch.log(torch.tensor([[0.25, 0.5]])).requires_grad_(True)
+    ref = torch.log(torch.tensor([[0.5, 0.5]]))
+    loss, stats = icepop_grpo_loss(
+        logp,
+        logp.detach(),
+        logp.detach(),
+        torch.tensor([0.0]),
+        torch.ones(1, 2),
+        alpha=0.5,
+        beta=5.0,
+        clip_eps=0.2,
+        logp_ref=ref,
+        kl_coef=0.5,
+    )
+    assert loss.item() == pytest.approx(0.5 * (1 - math.log(2)) / 2)
+    assert stats.kl_ref == pytest.approx((1 - math.log(2)) / 2)
+    loss.backward()
+    assert logp.grad is not None
+    assert logp.grad[0].tolist() == pytest.approx([0.5 * -1.0 / 2, 0.0])
+
+
+def test_kl_coefficient_zero_adds_nothing() -> None:
+    logp = torch.log(torch.tensor([[0.25, 0.5]]))
+    args = (logp, logp, logp, torch.tensor([1.0]), torch.ones(1, 2))
+    plain, _ = icepop_grpo_loss(*args, alpha=0.5, beta=5.0, clip_eps=0.2)
+    zero, stats = icepop_grpo_loss(*args, alpha=0.5, beta=5.0, clip_eps=0.2, logp_ref=logp - 1, kl_coef=0.0)
+    assert torch.equal(plain, zero) and stats.kl_ref == 0.0

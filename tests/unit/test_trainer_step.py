@@ -14,14 +14,8 @@ from transformers import LlamaForCausalLM
 from kuberl_workers import checkpoint
 from kuberl_workers.config import AlgorithmConfig
 from kuberl_workers.models.tiny import PAD_ID, build_model
-from kuberl_workers.trainer.step import (
-    TRAINER_PREFIX,
-    load_checkpoint,
-    make_optimizer,
-    publish_weights,
-    save_checkpoint,
-    train_step,
-)
+from kuberl_workers.trainer.step import make_optimizer, train_step
+from kuberl_workers.trainer.weights import TRAINER_PREFIX, load_checkpoint, publish_weights, save_checkpoint
 from support.batches import synthetic_batch
 
 ALGO = AlgorithmConfig(
@@ -39,7 +33,7 @@ ALGO = AlgorithmConfig(
 
 def _model(directory: Path) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    model = LlamaForCausalLM.from_pretrained(str(directory), torch_dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
     return model
 
 
@@ -100,7 +94,7 @@ def _rank(rank: int, world: int, port: int, directory: str, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        model = torch.nn.parallel.DistributedDataParallel(_model(Path(directory)))
+        model = _model(Path(directory))
         opt = make_optimizer(model, ALGO)
         for step in range(2):
             train_step(
@@ -112,9 +106,10 @@ def _rank(rank: int, world: int, port: int, directory: str, out: str) -> None:
                 pad_id=PAD_ID,
                 rank=rank,
                 world=world,
+                max_tokens_per_micro_batch=24,  # several micro-batches per rank: accumulation + all-reduce
             )
         if rank == 0:
-            torch.save(model.module.state_dict(), out)
+            torch.save(model.state_dict(), out)
     finally:
         dist.destroy_process_group()
 
@@ -133,3 +128,69 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path: Path) -> None:
     two = torch.load(out, weights_only=True)
     for key, value in single.state_dict().items():
         assert torch.allclose(value, two[key], atol=2e-5, rtol=1e-4), (key, (value - two[key]).abs().max())
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_micro_batches_accumulate_to_the_one_batch_gradient(tmp_path: Path) -> None:
+    """Token-bounded micro-batches (down to one sequence each) give the gradient of the whole batch at once."""
+    directory = _tiny(tmp_path)
+    no_step = ALGO.model_copy(update={"learningRate": 1e-30, "weightDecay": 0.0, "maxGradNorm": 1e9})
+    grads = []
+    counts = []
+    for budget in (100_000, 40, 1):
+        model = _model(directory)
+        stats = train_step(
+            model,
+            make_optimizer(model, no_step),
+            synthetic_batch(0, groups=3),
+            no_step,
+            temperature=0.8,
+            pad_id=PAD_ID,
+            max_tokens_per_micro_batch=budget,
+        )
+        grads.append(_grads(model))
+        counts.append(stats.micro_batches)
+    assert counts[0] == 1 and counts[1] > 1 and counts[2] == 12
+    for other in grads[1:]:
+        for name, value in grads[0].items():
+            assert torch.allclose(value, other[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_kl_coefficient_changes_the_update(tmp_path: Path) -> None:
+    """klCoef 10 with a reference that differs from the policy moves the weights differently than klCoef 0."""
+    directory = _tiny(tmp_path)
+    results = []
+    for kl in (0.0, 10.0):
+        algo = ALGO.model_copy(update={"klCoef": kl})
+        model = _model(directory)
+        reference = _model(directory)
+        with torch.no_grad():
+            reference.lm_head.weight.mul_(1.5)  # a reference unlike the policy: the KL term has a gradient
+        reference.requires_grad_(False)
+        opt = make_optimizer(model, algo)
+        stats = train_step(
+            model, opt, synthetic_batch(0), algo, temperature=1.0, pad_id=PAD_ID, reference=reference if kl else None
+        )
+        results.append((stats, model.state_dict()))
+    (plain, plain_w), (kl_stats, kl_w) = results
+    assert plain.kl_ref == 0.0 and kl_stats.kl_ref > 0
+    assert any(not torch.equal(plain_w[k], kl_w[k]) for k in plain_w)
+
+
+def test_several_updates_make_the_ratio_and_clip_work(tmp_path: Path) -> None:
+    """One update: ratio 1, nothing clipped. Four (2 epochs x 2 mini-batches) at a large step: the policy moves
+    within the step, so later updates see ratios != 1 and some are clipped."""
+    directory = _tiny(tmp_path)
+    one = train_step(
+        (m := _model(directory)), make_optimizer(m, ALGO), synthetic_batch(0), ALGO, temperature=1.0, pad_id=PAD_ID
+    )
+    assert one.updates == 1 and one.clipped_fraction == 0.0
+    many_algo = ALGO.model_copy(update={"ppoEpochs": 2, "miniBatches": 2, "learningRate": 3e-2, "clipEpsilon": 0.05})
+    model = _model(directory)
+    opt = make_optimizer(model, many_algo)
+    many = train_step(model, opt, synthetic_batch(0), many_algo, temperature=1.0, pad_id=PAD_ID)
+    assert many.updates == 4 and many.micro_batches == 4
+    assert many.clipped_fraction > 0.0

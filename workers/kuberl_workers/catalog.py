@@ -8,7 +8,9 @@ from typing import Final
 # Rule-based reward functions of the controller's reward registry.
 REWARD_NAMES: Final = ("exact_match", "numeric", "format")
 # Models the workers can build locally, without a download.
-BUILTIN_MODELS: Final = ("tiny",)
+BUILTIN_MODELS: Final = ("tiny", "smollm2-135m-instruct")
+# Built-in models whose tokenizer has no chat template (only `promptFormat: raw` or `auto` can use them).
+BUILTIN_MODELS_WITHOUT_CHAT: Final = ("tiny",)
 # Tasks the workers can generate locally, without a download.
 BUILTIN_DATASETS: Final = ("arithmetic",)
 # Rollout engines the rollout worker can run.

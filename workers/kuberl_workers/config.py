@@ -47,8 +47,11 @@ class ModelConfig(_Contract):
 class TaskConfig(_Contract):
     datasetPath: str | None = None
     datasetBuiltin: str | None = None
+    datasetFormat: Literal["auto", "jsonl", "parquet"] = "auto"
     promptField: str = "prompt"
     answerField: str = "answer"
+    promptFormat: Literal["auto", "chat", "raw"] = "auto"
+    systemPrompt: str | None = None
     reward: str
     promptsPerStep: int
     samplesPerPrompt: int
@@ -67,6 +70,8 @@ class AlgorithmConfig(_Contract):
     weightDecay: float
     maxGradNorm: float
     steps: int
+    ppoEpochs: int = 1
+    miniBatches: int = 1
 
 
 class C3POConfig(_Contract):
@@ -84,6 +89,12 @@ class ScaleConfig(_Contract):
     targetStepSeconds: float
     tensorParallelSize: int = 1
     gpuMemoryUtilization: float = 0.9
+
+
+class TrainerConfig(_Contract):
+    maxTokensPerMicroBatch: int = Field(8192, ge=1)
+    """Padded tokens (rows x longest row) per forward/backward; a longer sequence gets a micro-batch alone."""
+    gradientCheckpointing: bool = False
 
 
 class FaultConfig(_Contract):
@@ -128,6 +139,7 @@ class WorkerConfig(_Contract):
     algorithm: AlgorithmConfig
     c3po: C3POConfig
     scale: ScaleConfig
+    trainer: TrainerConfig = TrainerConfig()
     fault: FaultConfig
     checkpoint: CheckpointConfig
     ports: Ports = Ports()

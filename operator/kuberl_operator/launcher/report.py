@@ -88,6 +88,62 @@ class Display:
             self._live.stop()
 
 
+TRAINER_STATS = (
+    "completions",
+    "completionTokensMean",
+    "truncatedFraction",
+    "loss",
+    "gradNorm",
+    "klRef",
+    "icepopMaskedFraction",
+    "clippedFraction",
+    "logpDiffMean",
+    "logpDiffMax",
+    "microBatches",
+    "updates",
+)
+"""Per-step fields of the controller's history copied into metrics.jsonl when present."""
+
+
+class SampleLog:
+    """samples.jsonl: the controller's sample records (prompt, completion, reward, finish reason, versions)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last_step = 0
+        if path.exists():  # a resumed run appends after what it has
+            steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+            self.last_step = max(steps, default=0)
+
+    def add(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append the records of steps not written yet; returns the first record of each new step."""
+        fresh = [r for r in records if r.get("step", 0) > self.last_step]
+        if not fresh:
+            return []
+        with self.path.open("a") as handle:
+            for record in fresh:
+                handle.write(json.dumps(record) + "\n")
+        firsts: dict[int, dict[str, Any]] = {}
+        for record in fresh:
+            firsts.setdefault(record["step"], record)
+        self.last_step = max(firsts)
+        return list(firsts.values())
+
+    @staticmethod
+    def line(record: dict[str, Any], width: int = 160) -> str:
+        """One readable line: step, reward, finish reason, the prompt's end and the completion's start."""
+
+        def flat(text: str, n: int) -> str:
+            text = " ".join(str(text).split())
+            return text if len(text) <= n else text[: n - 1] + "…"
+
+        return (
+            f"  sample step {record['step']} reward {record['reward']:.2f} ({record['finishReason']}, "
+            f"{record.get('completionTokens', '?')} tokens) answer {flat(record['answer'], 20)!r}: "
+            f"{flat(record['completion'], width)!r}"
+        )
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per trained step."""
 

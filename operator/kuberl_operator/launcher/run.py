@@ -26,7 +26,16 @@ from kuberl_operator.launcher.children import (
     stop_all,
     trainer_host,
 )
-from kuberl_operator.launcher.report import Display, MetricsLog, Progress, plot, print_summary, summary
+from kuberl_operator.launcher.report import (
+    TRAINER_STATS,
+    Display,
+    MetricsLog,
+    Progress,
+    SampleLog,
+    plot,
+    print_summary,
+    summary,
+)
 from kuberl_operator.render import worker_config
 from kuberl_workers.config import (
     ENV_CONFIG,
@@ -116,8 +125,21 @@ class LocalRun:
             "PYTHONUNBUFFERED": "1",
         }
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.samples = SampleLog(self.run_dir / "samples.jsonl")
+
+    def _threads(self, role: str) -> str:
+        """Torch threads per process unless the user set OMP_NUM_THREADS: the controller needs one; trainers and
+        rollouts take turns (generation pauses while the gang trains), so each role may use the machine's cores,
+        shared among its own processes.
+        """
+        if "OMP_NUM_THREADS" in os.environ or role == "controller":
+            return os.environ.get("OMP_NUM_THREADS", "1")
+        spec = self.job.spec
+        processes = spec.trainer.replicas if role == "trainer" else min(spec.rollout.maxReplicas, self.capacity)
+        return str(max(1, (os.cpu_count() or 1) // max(processes, 1)))
 
     def _start(self, child: Child) -> None:
+        child.extra_env.setdefault("OMP_NUM_THREADS", self._threads(child.role))
         spawn(child, self.env, self.run_dir / "logs")
         self._write_pids()
 
@@ -259,9 +281,17 @@ class LocalRun:
                     "wallPublished": entry["wallPublished"],
                     "rollouts": sum(1 for c in self._role("rollout") if c.running),
                     "restarts": self.restarts,
+                    **{k: entry[k] for k in TRAINER_STATS if k in entry},
                 }
             )
             self.last_step = entry["step"]
+        self._show_samples()
+
+    def _show_samples(self) -> None:
+        """Append new samples to samples.jsonl and show the first of each new step."""
+        records = self._api("GET", f"/v1/samples?since={self.samples.last_step + 1}") or []
+        for step_first in self.samples.add(records):
+            self.display.message(SampleLog.line(step_first))
 
     def run(self) -> int:
         self.prepare()

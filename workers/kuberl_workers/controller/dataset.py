@@ -1,19 +1,24 @@
-"""Prompt sources: JSONL files and built-in generated tasks, addressed by a stable prompt index."""
+"""Prompt sources (JSONL and Parquet files, built-in generated tasks) addressed by a stable prompt index, and
+prompt rendering (chat template, system prompt or raw text) into the token ids both engine and trainer see.
+"""
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from kuberl_workers.config import TaskConfig
-from kuberl_workers.tokenizer import Tokenizer
+from kuberl_workers.tokenizer import Message, Tokenizer
 
-Example = tuple[str, str]  # (prompt text, reference answer)
+Prompt = str | list[Message]
+Example = tuple[Prompt, str]  # (prompt text or chat messages, reference answer)
+ROLES = ("system", "user", "assistant")
 
 
-def arithmetic(seed: int, index: int) -> Example:
+def arithmetic(seed: int, index: int) -> tuple[str, str]:
     """Sums and products whose answers run from one digit to six, so that completion lengths have a tail."""
     rng = random.Random(seed * 1_000_003 + index)
     kind = rng.random()
@@ -26,41 +31,120 @@ def arithmetic(seed: int, index: int) -> Example:
     return f"{a}{op}{b}=", str(a + b if op == "+" else a * b)
 
 
-def read_jsonl(path: str, prompt_field: str, answer_field: str) -> list[Example]:
-    """Every line a JSON object with the two fields; errors name the file, line and field."""
-    rows: list[Example] = []
+def _messages(value: list[Any], where: str, field: str) -> list[Message]:
+    if not value:
+        raise ValueError(f"{where}: field {field!r} is an empty message list")
+    out = []
+    for i, message in enumerate(value):
+        if not (
+            isinstance(message, dict)
+            and message.get("role") in ROLES
+            and isinstance(message.get("content"), str)
+            and set(message) <= {"role", "content"}
+        ):
+            raise ValueError(f"{where}: {field}[{i}]: expected {{role: system|user|assistant, content: string}}")
+        out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def _example(row: Any, where: str, prompt_field: str, answer_field: str) -> Example:
+    """One row -> (prompt, answer); ValueError naming `where` (file:line) and the field."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected an object")
+    prompt, answer = row.get(prompt_field), row.get(answer_field)
+    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+        raise ValueError(f"{where}: field {answer_field!r} missing or not a string or number")
+    if isinstance(prompt, list):
+        return _messages(prompt, where, prompt_field), str(answer)
+    if not isinstance(prompt, (str, int, float)) or isinstance(prompt, bool):
+        raise ValueError(f"{where}: field {prompt_field!r} missing or not a string or a list of messages")
+    if not str(prompt).strip():
+        raise ValueError(f"{where}: field {prompt_field!r} is empty")
+    return str(prompt), str(answer)
+
+
+def _jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
     with Path(path).open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not JSON: {error.msg}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected an object")
-            for field in (prompt_field, answer_field):
-                if not isinstance(row.get(field), (str, int, float)):
-                    raise ValueError(f"{path}:{number}: field {field!r} missing or not a string")
-            rows.append((str(row[prompt_field]), str(row[answer_field])))
-    if not rows:
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises its own ArrowInvalid/OSError kinds
+        raise ValueError(f"{path}: not a readable Parquet file: {error}") from None
+    for number, row in enumerate(table.to_pylist(), 1):
+        yield f"{path}:row {number}", row
+
+
+def read_examples(path: str, prompt_field: str, answer_field: str, file_format: str = "auto") -> list[Example]:
+    """Every row of a JSONL or Parquet file as (prompt, answer). A prompt is a string or a list of chat messages
+    ({role, content}); errors name the file, line (or row) and field.
+    """
+    parquet = file_format == "parquet" or (file_format == "auto" and path.endswith(".parquet"))
+    rows = _parquet_rows(path) if parquet else _jsonl_rows(path)
+    examples = [_example(row, where, prompt_field, answer_field) for where, row in rows]
+    if not examples:
         raise ValueError(f"{path}: no examples")
-    return rows
+    return examples
+
+
+def read_jsonl(path: str, prompt_field: str, answer_field: str) -> list[Example]:
+    """`read_examples` of a JSONL file."""
+    return read_examples(path, prompt_field, answer_field, "jsonl")
+
+
+class PromptRenderer:
+    """Prompt -> token ids, per task.promptFormat: `chat` through the tokenizer's chat template (a string as one
+    user turn after the optional system prompt; messages as they are), `raw` as plain text, `auto` = chat when the
+    tokenizer has a template. A format the tokenizer cannot do fails at construction, naming the field.
+    """
+
+    def __init__(self, task: TaskConfig, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        fmt = task.promptFormat
+        if fmt == "auto":
+            fmt = "chat" if tokenizer.has_chat_template else "raw"
+        if fmt == "chat" and not tokenizer.has_chat_template:
+            raise ValueError("task.promptFormat: chat, but the model's tokenizer has no chat template")
+        if task.systemPrompt is not None and fmt != "chat":
+            raise ValueError("task.systemPrompt: needs the chat format, but prompts are rendered as raw text")
+        self.format = fmt
+        self.system = task.systemPrompt
+
+    def __call__(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, list):
+            if self.format != "chat":
+                raise ValueError("a list of messages needs task.promptFormat chat (or auto with a chat template)")
+            return self.tokenizer.encode_chat(prompt)
+        if self.format == "raw":
+            return self.tokenizer.encode(prompt)
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        return self.tokenizer.encode_chat([*messages, {"role": "user", "content": prompt}])
 
 
 class PromptSet:
     """prompt index -> (token ids, answer); indices past the end wrap around (epochs, in file order).
 
-    A prompt longer than maxPromptTokens is skipped (None) and counted.
+    A prompt longer than maxPromptTokens, or one that cannot be rendered, is skipped (None) and counted.
     """
 
     def __init__(self, task: TaskConfig, tokenizer: Tokenizer, seed: int) -> None:
         self.tokenizer = tokenizer
+        self.render = PromptRenderer(task, tokenizer)
         self.max_tokens = task.maxPromptTokens
         self.skipped = 0
         self._example: Callable[[int], Example]
         if task.datasetPath:
-            rows = read_jsonl(task.datasetPath, task.promptField, task.answerField)
+            rows = read_examples(task.datasetPath, task.promptField, task.answerField, task.datasetFormat)
             self._example = lambda index: rows[index % len(rows)]
         elif task.datasetBuiltin == "arithmetic":
             self._example = lambda index: arithmetic(seed, index)
@@ -72,8 +156,8 @@ class PromptSet:
 
     def __call__(self, index: int) -> tuple[list[int], str] | None:
         prompt, answer = self._example(index)
-        ids = self.tokenizer.encode(prompt)
-        if len(ids) > self.max_tokens:
+        ids = self.render(prompt)
+        if len(ids) > self.max_tokens or not ids:
             self.skipped += 1
             return None
         return ids, answer

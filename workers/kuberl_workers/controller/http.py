@@ -76,6 +76,10 @@ class PublishedRequest(_Body):
     weightsUri: str = Field(max_length=4096)
     checkpoint: bool = False
     trainSeconds: float = Field(0.0, ge=0.0)
+    stats: dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    """The trainer's statistics of the step (loss, gradNorm, klRef, ...), recorded in the step's history."""
 
 
 B = TypeVar("B", bound=_Body)
@@ -211,7 +215,7 @@ async def batch(request: web.Request) -> web.Response:
 async def published(request: web.Request) -> web.Response:
     c, body = request.app[CONTROLLER], await _parse(request, PublishedRequest)
     try:
-        outcome = c.published(body.version, body.weightsUri, body.checkpoint, body.trainSeconds)
+        outcome = c.published(body.version, body.weightsUri, body.checkpoint, body.trainSeconds, body.stats)
     except ValueError as error:
         return _error(409, str(error), version=c.scheduler.version)
     return web.json_response(
@@ -235,6 +239,13 @@ async def history(request: web.Request) -> web.Response:
         return _error(400, "query parameter since: expected a non-negative integer")
     since = int(raw)
     return web.json_response([h for h in request.app[CONTROLLER].history if h["step"] >= since])
+
+
+async def samples(request: web.Request) -> web.Response:
+    raw = request.query.get("since", "0")
+    if not raw.isdigit():
+        return _error(400, "query parameter since: expected a non-negative integer")
+    return web.json_response(request.app[CONTROLLER].samples.since(int(raw)))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -283,6 +294,7 @@ def make_app(controller: Controller, token: str) -> web.Application:
     app.router.add_post("/v1/trainer/published", published)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/history", history)
+    app.router.add_get("/v1/samples", samples)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

@@ -15,6 +15,7 @@ from kuberl_workers.config import WorkerConfig
 from kuberl_workers.controller.dataset import PromptSet
 from kuberl_workers.controller.metrics import ControllerMetrics
 from kuberl_workers.controller.rewards import REGISTRY, RewardFn, RewardPool
+from kuberl_workers.controller.samples import SampleLog, pick
 from kuberl_workers.controller.scheduler import Batch, Scheduler, SchedulerConfig
 from kuberl_workers.controller.state import Rollout
 from kuberl_workers.tokenizer import Tokenizer, load_tokenizer
@@ -65,6 +66,7 @@ class Controller:
         self.peers: dict[str, Peer] = {}
         self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
         self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
+        self.samples = SampleLog()
         self.last_checkpoint = ""
         self.last_reward_mean = 0.0
         self.zero_advantage_groups = 0
@@ -219,12 +221,20 @@ class Controller:
         self.last_reward_mean = statistics.fmean(rewards) if rewards else 0.0
         self.zero_advantage_groups += sum(1 for g in batch.groups if len({r["reward"] for r in g["rollouts"]}) == 1)
         self.replay[batch.step] = batch
+        self.samples.add(pick(batch.step + 1, batch.groups, self.tokenizer))
+        lengths = [len(r["outputIds"]) for g in batch.groups for r in g["rollouts"]]
         self.history.append(
             {
                 "step": batch.step + 1,
                 "rewardMean": self.last_reward_mean,
                 "groups": len(batch.groups),
                 "tokens": batch.tokens,
+                "completions": len(lengths),
+                "completionTokensMean": statistics.fmean(lengths) if lengths else 0.0,
+                "truncatedFraction": (
+                    sum(1 for g in batch.groups for r in g["rollouts"] if r["finishReason"] == "length")
+                    / max(len(lengths), 1)
+                ),
                 "rolloutSeconds": now - self._step_started,
                 "wallClosed": time.time(),
             }
@@ -248,7 +258,14 @@ class Controller:
             self.replay.clear()
         return self.scheduler.step
 
-    def published(self, version: int, weights_uri: str, checkpointed: bool, train_seconds: float) -> str:
+    def published(
+        self,
+        version: int,
+        weights_uri: str,
+        checkpointed: bool,
+        train_seconds: float,
+        stats: dict[str, float] | None = None,
+    ) -> str:
         """Record the trainers' new weights; returns `"advanced"` when this opens the next step, `"replayed"`
         for a step a restarted gang re-trained from the replay log (the same lineage: nothing changes here).
         """
@@ -262,7 +279,7 @@ class Controller:
             self.metrics.observe_phase("train", train_seconds)
         self.weights_uri = weights_uri
         if self.history and self.history[-1]["step"] == version:
-            self.history[-1].update(trainSeconds=train_seconds, wallPublished=time.time())
+            self.history[-1].update(trainSeconds=train_seconds, wallPublished=time.time(), **(stats or {}))
         self.scheduler.weights_published(version)
         self._published_at = now
         self._step_started = now

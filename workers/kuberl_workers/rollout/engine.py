@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 CPU_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+CPU_BATCH_TOKENS = 8192
+"""On CPU, prompt tokens per generate call: vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when it
+splits a seeded request's prefill over two scheduler steps, which it does once a call's prompts exceed its
+max_num_batched_tokens. Calls are cut into pieces that fit, and the limit is set to match."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,27 @@ class Generated:
     logprobs: list[float]
     stopped: bool
     """True when the model emitted EOS (the rollout is finished); False when the chunk's budget ran out."""
+
+
+def refresh_tied_layers(worker: Any) -> int:
+    """Re-run weight post-processing for layers that share a weight tensor (an output head tied to the input
+    embeddings). vLLM's in-place reload processes each layer whose weights it loaded; a tied head is never loaded
+    (the checkpoint has no separate tensor for it), so on CPU its pre-packed GEMM weight would keep the old
+    values while the shared tensor holds the new ones. Runs inside the engine's worker; returns layers refreshed.
+    """
+    model = worker.model_runner.model
+    by_weight: dict[int, list[Any]] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if getattr(module, "quant_method", None) is not None and weight is not None and not weight.is_meta:
+            by_weight.setdefault(weight.data_ptr(), []).append(module)
+    refreshed = 0
+    for modules in by_weight.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)
+                refreshed += 1
+    return refreshed
 
 
 def _on_gpu() -> bool:
@@ -73,6 +98,8 @@ class Engine:
         self.weight_load_seconds = 0.0
         self.weight_load_bytes = 0
         resolved: Any = dtype if dtype != "auto" else ("bfloat16" if gpu else "float32")
+        self.batch_tokens = None if gpu else max(CPU_BATCH_TOKENS, max_model_len)
+        extra: dict[str, Any] = {} if gpu else {"max_num_batched_tokens": self.batch_tokens}
         self.llm = LLM(
             model=model_dir,
             dtype=resolved,
@@ -83,10 +110,26 @@ class Engine:
             gpu_memory_utilization=gpu_memory_utilization,
             # logprobs of the distribution actually sampled from (after temperature), which IcePop's k needs
             logprobs_mode="processed_logprobs",
+            **extra,
         )
 
     def generate(self, chunks: list[Chunk]) -> list[Generated]:
         """Continue each rollout from prompt + tokens so far (never re-sampling them) by at most max_tokens."""
+        if self.batch_tokens is None:
+            return self._generate(chunks)
+        results: list[Generated] = []
+        piece: list[Chunk] = []
+        used = 0
+        for chunk in chunks:
+            size = len(chunk.prompt_ids) + len(chunk.output_ids)
+            if piece and used + size > self.batch_tokens:
+                results += self._generate(piece)
+                piece, used = [], 0
+            piece.append(chunk)
+            used += size
+        return results + (self._generate(piece) if piece else [])
+
+    def _generate(self, chunks: list[Chunk]) -> list[Generated]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -121,6 +164,7 @@ class Engine:
                 yield name, tensor
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        self.llm.collective_rpc(refresh_tied_layers)
         self.llm.reset_prefix_cache()
         self.weight_load_seconds = time.perf_counter() - start
         self.weight_load_bytes = size

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
+from kuberl_workers.client import ControllerClient
 from kuberl_workers.config import (
     ENV_CONTROLLER_URL,
     ENV_INDEX,
@@ -22,6 +25,37 @@ log = logging.getLogger("kuberl.trainer")
 POLL_SECONDS = 0.2
 
 
+class Heartbeats(threading.Thread):
+    """Heartbeats from a thread, so a long training step does not look like a dead trainer; but only while the
+    main loop shows progress (a poll or a micro-batch) within `stall_seconds`: a hung rank stops beating.
+    """
+
+    def __init__(self, client: ControllerClient, worker: str, every: float, stall_seconds: float) -> None:
+        super().__init__(daemon=True, name="trainer-heartbeats")
+        self.client, self.worker, self.every, self.stall_seconds = client, worker, every, stall_seconds
+        self.version = 0
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+
+    def progress(self, version: int) -> None:
+        self.version, self._last = version, time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.every):
+            if time.monotonic() - self._last > self.stall_seconds:
+                log.warning("no training progress for %.0fs: heartbeats paused", time.monotonic() - self._last)
+                continue
+            try:
+                self.client.call(
+                    "POST", "/v1/workers/heartbeat", {"worker": self.worker, "role": "trainer", "version": self.version}
+                )
+            except Exception as error:  # the main loop sees a lost controller too; the thread must not die
+                log.warning("heartbeat failed: %s", error)
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s trainer %(name)s: %(message)s")
     import torch
@@ -29,16 +63,10 @@ def main() -> int:
     from prometheus_client import CollectorRegistry, Gauge, Histogram
     from transformers import AutoModelForCausalLM
 
-    from kuberl_workers.client import ControllerClient
     from kuberl_workers.models import model_dir
     from kuberl_workers.trainer.server import serve
-    from kuberl_workers.trainer.step import (
-        load_checkpoint,
-        make_optimizer,
-        publish_weights,
-        save_checkpoint,
-        train_step,
-    )
+    from kuberl_workers.trainer.step import make_optimizer, train_step
+    from kuberl_workers.trainer.weights import load_checkpoint, publish_weights, save_checkpoint
 
     cfg = load_config()
     token = read_token()
@@ -65,18 +93,23 @@ def main() -> int:
         "float16": torch.float16,
     }[cfg.model.dtype]
     directory = model_dir(cfg.model, cfg.seed)
+    if cfg.scale.trainerStrategy != "ddp":  # the API refuses it; a hand-written config may not
+        log.error("trainer.strategy: %s is not implemented by this trainer; use ddp", cfg.scale.trainerStrategy)
+        return 2
     pretrained = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-    pad_id = int(pretrained.config.pad_token_id or 0)
+    pad_id = int(pretrained.config.pad_token_id or pretrained.config.eos_token_id or 0)
     model: torch.nn.Module = pretrained
     model.to(device)
-    if cfg.scale.trainerStrategy == "fsdp2":
-        # Publishing and checkpointing need a full state dict gathered on every rank; until that path exists
-        # and is tested, refuse rather than train with weights rank 0 cannot publish.
-        log.error("trainer.strategy: fsdp2 is not available in this version of the trainer; use ddp")
-        return 2
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.trainer.gradientCheckpointing:
+        pretrained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    pretrained.config.use_cache = False
+    # Gradients are averaged over the gang once per optimizer step (trainer/step.py), after accumulating over
+    # micro-batches: no DDP wrapper, whose per-backward all-reduce fights accumulation over uneven shards.
     optimizer = make_optimizer(model, cfg.algorithm)
+    reference: torch.nn.Module | None = None
+    if cfg.algorithm.klCoef > 0:  # the frozen initial policy of the KL penalty; nothing is loaded without it
+        frozen: torch.nn.Module = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+        reference = frozen.to(device).eval().requires_grad_(False)
 
     registry = CollectorRegistry()
     names = list(labels)
@@ -88,7 +121,9 @@ def main() -> int:
             "icepop_masked_fraction": "Fraction of completion tokens IcePop masked",
             "logp_diff_mean": "Mean |log pi_train - log pi_infer| over completion tokens",
             "logp_diff_max": "Max |log pi_train - log pi_infer| over completion tokens",
-            "kl_old": "KL from the old to the updated policy on the batch",
+            "kl_ref": "Mean k3 KL to the reference policy per completion (0 when algorithm.klCoef is 0)",
+            "clipped_fraction": "Fraction of completion tokens whose policy ratio was clipped",
+            "micro_batches": "Forward/backward passes in the last step",
             "step": "Training steps done",
             "weight_publish_bytes": "Bytes of the last published weights",
         }.items()
@@ -114,12 +149,11 @@ def main() -> int:
         # files exist even if they were pruned since
         publish_weights(ckpt_dir, step, model, keep=cfg.checkpoint.keep + 1)
 
-    last_beat = 0.0
+    beats = Heartbeats(controller, worker, cfg.fault.heartbeatSeconds, stall_seconds=cfg.fault.leaseSeconds)
+    beats.start()
     while step < cfg.algorithm.steps:
+        beats.progress(step)
         status, batch = controller.call("GET", f"/v1/trainer/batch?step={step}")
-        if time.monotonic() - last_beat > cfg.fault.heartbeatSeconds:
-            controller.call("POST", "/v1/workers/heartbeat", {"worker": worker, "role": "trainer", "version": step})
-            last_beat = time.monotonic()
         if status == 410:
             break
         if status == 204:
@@ -134,6 +168,9 @@ def main() -> int:
             pad_id=pad_id,
             rank=rank,
             world=world,
+            max_tokens_per_micro_batch=cfg.trainer.maxTokensPerMicroBatch,
+            reference=reference,
+            progress=functools.partial(beats.progress, step),
         )
         train_seconds.observe(stats.train_seconds)
         for name, value in (
@@ -142,7 +179,9 @@ def main() -> int:
             ("icepop_masked_fraction", stats.masked_fraction),
             ("logp_diff_mean", stats.mean_abs_logp_diff),
             ("logp_diff_max", stats.max_abs_logp_diff),
-            ("kl_old", stats.kl_old),
+            ("kl_ref", stats.kl_ref),
+            ("clipped_fraction", stats.clipped_fraction),
+            ("micro_batches", stats.micro_batches),
         ):
             gauges[name].set(value)
         version = step + 1
@@ -163,18 +202,33 @@ def main() -> int:
                     "weightsUri": uri,
                     "checkpoint": checkpointed,
                     "trainSeconds": stats.train_seconds,
+                    "stats": {
+                        "loss": stats.loss,
+                        "gradNorm": stats.grad_norm,
+                        "klRef": stats.kl_ref,
+                        "icepopMaskedFraction": stats.masked_fraction,
+                        "clippedFraction": stats.clipped_fraction,
+                        "logpDiffMean": stats.mean_abs_logp_diff,
+                        "logpDiffMax": stats.max_abs_logp_diff,
+                        "microBatches": stats.micro_batches,
+                        "updates": stats.updates,
+                    },
                 },
             )
         log.info(
-            "step %d: loss %.4f reward %.3f masked %.4f grad %.3f",
-            step,
+            "step %d: loss %.4f reward %.3f masked %.4f grad %.3f kl_ref %.4f micro-batches %d in %.1fs",
+            version,
             stats.loss,
             stats.reward_mean,
             stats.masked_fraction,
             stats.grad_norm,
+            stats.kl_ref,
+            stats.micro_batches,
+            stats.train_seconds,
         )
         step = version
         gauges["step"].set(step)
+    beats.stop()
     server.shutdown()
     if world > 1:
         dist.destroy_process_group()

@@ -1,24 +1,21 @@
-"""One GRPO + IcePop training step on a (sharded) batch from the controller, and the trainer's checkpoints."""
+"""One GRPO + IcePop training step on this rank's shard of a batch: length-sorted, token-bounded micro-batches,
+gradient accumulation, optional PPO epochs / mini-batches and a KL penalty to a frozen reference model.
+"""
 
 from __future__ import annotations
 
-import io
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from kuberl_workers import checkpoint
 from kuberl_workers.config import AlgorithmConfig
-from kuberl_workers.trainer.loss import group_advantages, icepop_grpo_loss
-
-TRAINER_PREFIX = "trainer"
-WEIGHTS_PREFIX = "weights"
+from kuberl_workers.trainer.logprobs import completion_logprobs, unwrap
+from kuberl_workers.trainer.loss import LossStats, group_advantages, icepop_grpo_loss
 
 
 @dataclass
@@ -30,11 +27,24 @@ class StepStats:
     mean_abs_logp_diff: float
     max_abs_logp_diff: float
     clipped_fraction: float
-    kl_old: float
+    kl_ref: float
+    """Mean k3 KL to the reference policy per completion (0 when klCoef is 0)."""
     reward_mean: float
     sequences: int
     tokens: int
+    micro_batches: int
+    updates: int
     train_seconds: float
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One completion to train on: prompt + output token ids, the engine's logprobs, its group's advantage."""
+
+    ids: list[int]
+    prompt_len: int
+    infer: list[float]
+    advantage: float
 
 
 def shard(groups: list[dict[str, Any]], rank: int, world: int) -> list[dict[str, Any]]:
@@ -42,31 +52,74 @@ def shard(groups: list[dict[str, Any]], rank: int, world: int) -> list[dict[str,
     return groups[rank::world]
 
 
-def _tensors(groups: list[dict[str, Any]], pad_id: int) -> dict[str, Tensor]:
-    """Padded [sequences, length] tensors: input ids, completion mask, engine logprobs, advantages."""
-    rows, advantages = [], []
+def sequences(groups: list[dict[str, Any]]) -> list[Sequence]:
+    """Flatten groups into sequences with group-normalised advantages (computed over whole groups)."""
+    out = []
     for group in groups:
-        rewards = torch.tensor([float(r["reward"]) for r in group["rollouts"]])
-        advantages.append(group_advantages(rewards))
-        rows += [(group["promptIds"], r["outputIds"], r["logprobs"]) for r in group["rollouts"]]
-    width = max(len(p) + len(o) for p, o, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width - 1)
-    infer = torch.zeros(len(rows), width - 1)
-    for i, (prompt, output, logprobs) in enumerate(rows):
-        ids[i, : len(prompt) + len(output)] = torch.tensor(prompt + output)
-        # logits at position t predict token t + 1: completion token j sits at input position len(prompt) + j
-        start = len(prompt) - 1
-        mask[i, start : start + len(output)] = 1.0
-        infer[i, start : start + len(output)] = torch.tensor(logprobs)
-    return {"ids": ids, "mask": mask, "infer": infer, "advantages": torch.cat(advantages)}
+        advantages = group_advantages(torch.tensor([float(r["reward"]) for r in group["rollouts"]]))
+        for rollout, advantage in zip(group["rollouts"], advantages.tolist(), strict=True):
+            ids = list(group["promptIds"]) + list(rollout["outputIds"])
+            out.append(Sequence(ids, len(group["promptIds"]), list(rollout["logprobs"]), advantage))
+    return out
 
 
-def token_logprobs(model: nn.Module, ids: Tensor, temperature: float) -> Tensor:
-    """log pi(token t+1 | tokens <= t) for every position, under the sampling temperature."""
-    logits = model(input_ids=ids).logits[:, :-1].float()
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+def micro_batches(seqs: list[Sequence], max_tokens: int) -> list[list[Sequence]]:
+    """Length-sorted (longest first) micro-batches of at most `max_tokens` padded tokens (rows x longest row),
+    so little of each is padding; a sequence longer than `max_tokens` gets one of its own.
+    """
+    batches: list[list[Sequence]] = []
+    current: list[Sequence] = []
+    for seq in sorted(seqs, key=lambda s: len(s.ids), reverse=True):
+        width = len(current[0].ids) if current else len(seq.ids)
+        if current and (len(current) + 1) * width > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(seq)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def to_tensors(seqs: list[Sequence], pad_id: int, device: torch.device) -> dict[str, Tensor]:
+    """Right-padded [rows, width] ids; [rows, width - 1] completion mask and engine logprobs; [rows] advantages.
+    Position t predicts token t + 1, so completion token j sits at position prompt_len - 1 + j.
+    """
+    width = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width - 1)
+    infer = torch.zeros(len(seqs), width - 1)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq.ids)] = torch.tensor(seq.ids)
+        start, n = seq.prompt_len - 1, len(seq.ids) - seq.prompt_len
+        mask[i, start : start + n] = 1.0
+        infer[i, start : start + n] = torch.tensor(seq.infer[:n])
+    advantages = torch.tensor([s.advantage for s in seqs])
+    return {k: v.to(device) for k, v in {"ids": ids, "mask": mask, "infer": infer, "advantages": advantages}.items()}
+
+
+def _all_reduce_gradients(model: nn.Module, world: int) -> None:
+    """Average gradients over the gang, once per optimizer step, in one flattened buffer per dtype."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # a rank whose shard of this mini-batch is empty still joins the all-reduce
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params if p.grad is not None]
+    for dtype in {g.dtype for g in grads}:
+        same = [g for g in grads if g.dtype == dtype]
+        flat = torch.cat([g.reshape(-1) for g in same])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in same:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+@dataclass
+class _Micro:
+    tensors: dict[str, Tensor]
+    old: Tensor | None = None
+    ref: Tensor | None = None
 
 
 def train_step(
@@ -79,116 +132,102 @@ def train_step(
     pad_id: int,
     rank: int = 0,
     world: int = 1,
+    max_tokens_per_micro_batch: int = 8192,
+    reference: nn.Module | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> StepStats:
-    """Sharded forward/backward; DDP (or a manual all-reduce) averages gradients; one AdamW update."""
+    """Train on `batch` ({"step", "groups"} from the controller): ppoEpochs x miniBatches optimizer steps.
+
+    Every rank takes its shard of each mini-batch (whole GRPO groups), accumulates gradients over token-bounded
+    micro-batches with the loss normalised by the mini-batch's global sequence count, and the gang averages the
+    gradients once per optimizer step: the result equals the single-process gradient of the whole mini-batch.
+    theta_old's logprobs come from one no-grad pass before the first update when there is more than one update
+    (with one update they equal theta's, so no extra pass is made). `reference` (needed when klCoef > 0) is the
+    frozen initial policy. `progress` is called after each micro-batch (the trainer heartbeats from it).
+    """
     start = time.perf_counter()
+    device = next(model.parameters()).device
     groups = batch["groups"]
-    local = shard(groups, rank, world)
-    total_sequences = sum(len(g["rollouts"]) for g in groups)
-    t = _tensors(local, pad_id)
+    minis = [groups[j :: algo.miniBatches] for j in range(algo.miniBatches)]
+    minis = [m for m in minis if m]
+    updates = algo.ppoEpochs * len(minis)
+    plans: list[tuple[int, list[_Micro]]] = []
+    for mini in minis:
+        local = sequences(shard(mini, rank, world))
+        micros = [_Micro(to_tensors(mb, pad_id, device)) for mb in micro_batches(local, max_tokens_per_micro_batch)]
+        plans.append((sum(len(g["rollouts"]) for g in mini), micros))
+    use_ref = reference is not None and algo.klCoef > 0
+    if updates > 1 or use_ref:
+        with torch.no_grad():
+            for _, micros in plans:
+                for m in micros:
+                    t = m.tensors
+                    if updates > 1:
+                        model.eval()
+                        m.old = completion_logprobs(model, t["ids"], t["mask"], temperature)
+                    if use_ref:
+                        assert reference is not None
+                        m.ref = completion_logprobs(reference, t["ids"], t["mask"], temperature)
+                    if progress:
+                        progress()
     model.train()
-    logp_new = token_logprobs(model, t["ids"], temperature)
-    logp_old = logp_new.detach()  # one update per batch: theta_old is the weights this step starts from
-    # The loss is normalised by the global sequence count and scaled by world size, because DDP averages
-    # gradients over ranks: the result equals the single-rank gradient of the whole batch.
-    loss, stats = icepop_grpo_loss(
-        logp_new,
-        logp_old,
-        t["infer"],
-        t["advantages"],
-        t["mask"],
-        alpha=algo.icepopAlpha,
-        beta=algo.icepopBeta,
-        clip_eps=algo.clipEpsilon,
-        enabled=algo.icepopEnabled,
-        normaliser=total_sequences / world,
-    )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # type: ignore[no-untyped-call]
-    if world > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
-        for param in model.parameters():
-            if param.grad is not None:
-                dist.all_reduce(param.grad)
-                param.grad /= world
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), algo.maxGradNorm))
-    optimizer.step()
-    with torch.no_grad():
-        model.eval()
-        after = token_logprobs(model, t["ids"], temperature)
-        valid = t["mask"].bool()
-        kl_old = float((logp_old - after)[valid].mean()) if valid.any() else 0.0
+    total = LossStats()
+    loss_sum, grad_norm, n_micro = 0.0, 0.0, 0
+    for epoch in range(algo.ppoEpochs):
+        for mini_sequences, micros in plans:
+            optimizer.zero_grad(set_to_none=True)
+            stats = LossStats()
+            for m in micros:
+                t = m.tensors
+                logp = completion_logprobs(model, t["ids"], t["mask"], temperature)
+                loss, s = icepop_grpo_loss(
+                    logp,
+                    m.old if m.old is not None else logp.detach(),
+                    t["infer"],
+                    t["advantages"],
+                    t["mask"],
+                    alpha=algo.icepopAlpha,
+                    beta=algo.icepopBeta,
+                    clip_eps=algo.clipEpsilon,
+                    enabled=algo.icepopEnabled,
+                    normaliser=mini_sequences / world,
+                    logp_ref=m.ref,
+                    kl_coef=algo.klCoef if use_ref else 0.0,
+                )
+                loss.backward()  # type: ignore[no-untyped-call]
+                stats = stats.add(s)
+                loss_sum += float(loss.detach()) / len(plans) / algo.ppoEpochs  # this rank's estimate
+                n_micro += 1
+                if progress:
+                    progress()
+            if world > 1:
+                _all_reduce_gradients(model, world)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), algo.maxGradNorm))
+            optimizer.step()
+            if epoch == 0:
+                total = total.add(stats)  # statistics of the batch as sampled (before this step's updates)
     rewards = [float(r["reward"]) for g in groups for r in g["rollouts"]]
     return StepStats(
         step=int(batch["step"]),
-        loss=float(loss.detach()) * world,
+        loss=loss_sum,
         grad_norm=grad_norm,
-        masked_fraction=stats.masked_fraction,
-        mean_abs_logp_diff=stats.mean_abs_logp_diff,
-        max_abs_logp_diff=stats.max_abs_logp_diff,
-        clipped_fraction=stats.clipped_fraction,
-        kl_old=kl_old,
+        masked_fraction=total.masked_fraction,
+        mean_abs_logp_diff=total.mean_abs_logp_diff,
+        max_abs_logp_diff=total.max_abs_logp_diff,
+        clipped_fraction=total.clipped_fraction,
+        kl_ref=total.kl_ref,
         reward_mean=sum(rewards) / max(len(rewards), 1),
-        sequences=sum(len(g["rollouts"]) for g in local),
-        tokens=stats.tokens,
+        sequences=total.sequences,
+        tokens=total.tokens,
+        micro_batches=n_micro,
+        updates=updates,
         train_seconds=time.perf_counter() - start,
     )
 
 
 def make_optimizer(model: nn.Module, algo: AlgorithmConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(), lr=algo.learningRate, betas=(0.9, 0.999), weight_decay=algo.weightDecay
-    )
-
-
-# --- checkpoints and published weights ----------------------------------------------------------------------
-
-
-def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
-    """Model + optimizer + step, atomic and checksummed; the newest `keep` are kept."""
-    buffer = io.BytesIO()
-    torch.save({"step": step, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict()}, buffer)
-    path = checkpoint.step_path(directory, TRAINER_PREFIX, step, ".pt")
-    checkpoint.write_atomic(path, buffer.getvalue())
-    checkpoint.prune(directory, TRAINER_PREFIX, keep, ".pt")
-    return path
-
-
-def load_checkpoint(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, max_step: int | None = None
-) -> int:
-    """Restore the newest good checkpoint at or below `max_step`; returns its step (0 when there is none)."""
-    for step, path in checkpoint.candidates(directory, TRAINER_PREFIX, ".pt"):
-        if max_step is not None and step > max_step:
-            continue
-        try:
-            state = torch.load(io.BytesIO(checkpoint.read_verified(path)), weights_only=True)
-        except (checkpoint.CorruptCheckpoint, OSError, RuntimeError):
-            continue
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return int(state["step"])
-    return 0
-
-
-def publish_weights(directory: Path, version: int, model: nn.Module, keep: int = 3) -> tuple[Path, int]:
-    """Write the policy as safetensors for the rollout engines (atomic: a directory renamed into place)."""
-    from safetensors.torch import save_file
-
-    target = directory / f"{WEIGHTS_PREFIX}-{version:08d}"
-    staging = directory / f".{target.name}.staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-    save_file(state, str(staging / "model.safetensors"))
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    for old in sorted(directory.glob(f"{WEIGHTS_PREFIX}-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target, sum(v.numel() * v.element_size() for v in state.values())
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=algo.learningRate, betas=(0.9, 0.999), weight_decay=algo.weightDecay)
 
 
 def stats_dict(stats: StepStats) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""The trainer's checkpoints (model + optimizer + step) and the weights it publishes to the rollout engines."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kuberl_workers import checkpoint
+from kuberl_workers.trainer.logprobs import unwrap
+
+TRAINER_PREFIX = "trainer"
+WEIGHTS_PREFIX = "weights"
+
+
+def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
+    """Model + optimizer + step, atomic and checksummed; the newest `keep` are kept. Tied parameters are one
+    tensor in the state dict and torch.save stores it once.
+    """
+    buffer = io.BytesIO()
+    torch.save({"step": step, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    path = checkpoint.step_path(directory, TRAINER_PREFIX, step, ".pt")
+    checkpoint.write_atomic(path, buffer.getvalue())
+    checkpoint.prune(directory, TRAINER_PREFIX, keep, ".pt")
+    return path
+
+
+def load_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, max_step: int | None = None
+) -> int:
+    """Restore the newest good checkpoint at or below `max_step`; returns its step (0 when there is none)."""
+    for step, path in checkpoint.candidates(directory, TRAINER_PREFIX, ".pt"):
+        if max_step is not None and step > max_step:
+            continue
+        try:
+            state = torch.load(io.BytesIO(checkpoint.read_verified(path)), weights_only=True)
+        except (checkpoint.CorruptCheckpoint, OSError, RuntimeError):
+            continue
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
+    return 0
+
+
+def publishable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor once: a parameter tied to an earlier one (the output head tied to the input
+    embeddings) is left out, as `save_pretrained` does, and the loader (Hugging Face or vLLM) ties it again from
+    the config's `tie_word_embeddings`. safetensors refuses tensors that share memory, so this is required.
+    """
+    seen: set[tuple[int, int]] = set()
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in unwrap(model).state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor.detach().contiguous().cpu()
+    return state
+
+
+def publish_weights(directory: Path, version: int, model: nn.Module, keep: int = 3) -> tuple[Path, int]:
+    """Write the policy for the rollout engines: `weights-<version>/` with `model.safetensors` and the model's
+    `config.json` (a directory `from_pretrained` loads, tied weights tied again), renamed into place atomically;
+    the newest `keep` versions are kept. Returns (directory, bytes of tensors).
+    """
+    from safetensors.torch import save_file
+
+    target = directory / f"{WEIGHTS_PREFIX}-{version:08d}"
+    staging = directory / f".{target.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    state = publishable_state(model)
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    config: Any = getattr(unwrap(model), "config", None)
+    if config is not None:
+        config.save_pretrained(str(staging))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    for old in sorted(directory.glob(f"{WEIGHTS_PREFIX}-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target, sum(v.numel() * v.element_size() for v in state.values())
