@@ -62,7 +62,7 @@ chaos: $(STAMP)
 	KUBERL_CHAOS_SEEDS=$(CHAOS_SEEDS) $(BIN)/pytest -m chaos -rA tests/integration/test_chaos_soak.py
 
 # Benchmarks (not tests): each prints its tables and writes bench/results/NAME.json; docs/benchmarks.md quotes them.
-BENCHES := c3po c3po_real elastic recovery weight_sync operator_scale baselines
+BENCHES := c3po c3po_real elastic recovery weight_sync operator_scale baselines trainer_real
 bench: $(STAMP) $(TOOLS)
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 

@@ -78,7 +78,8 @@ def trainer_part(
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     from kuberl_workers.models.tiny import PAD_ID, VOCAB_SIZE
-    from kuberl_workers.trainer.step import _tensors, make_optimizer, publish_weights, token_logprobs, train_step
+    from kuberl_workers.trainer.step import make_optimizer, train_step
+    from kuberl_workers.trainer.weights import publish_weights
     from support.jobs import job_config
 
     p, g, length, steps = shape
@@ -121,11 +122,6 @@ def trainer_part(
         stats = train_step(update_model, update_opt, batch, algo, temperature=1.0, pad_id=PAD_ID)
         times["kuberl update"].append(stats.train_seconds)
         tokens["kuberl update"].append(stats.tokens)
-        # train_step ends with a no-grad forward for its kl_old statistic, work TRL's update does not do: timed apart
-        input_ids = _tensors(batch["groups"], PAD_ID)["ids"]
-        with torch.no_grad(), stopwatch() as forward:
-            token_logprobs(update_model, input_ids, 1.0)
-        times["  of which: kl_old forward (timed apart)"].append(forward())
         with stopwatch() as full:
             with stopwatch() as generate:
                 reply = host.call("generate", [(ids, length, step * 1000 + i) for ids in prompt_ids for i in range(g)])

@@ -9,26 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kuberl_workers.config import AlgorithmConfig
 from kuberl_workers.models.tiny import PAD_ID
 from kuberl_workers.rollout.engine import Chunk, Engine
 from kuberl_workers.trainer.logprobs import token_logprobs
 from kuberl_workers.trainer.step import make_optimizer, train_step
 from kuberl_workers.trainer.weights import publish_weights
 from support.archs import build
-from support.batches import synthetic_batch
+from support.batches import algo, synthetic_batch
 
-ALGO = AlgorithmConfig(
-    icepopEnabled=False,
-    icepopAlpha=0.5,
-    icepopBeta=5.0,
-    clipEpsilon=0.2,
-    klCoef=0.0,
-    learningRate=5e-2,  # a large step: the reloaded engine must sample from visibly different weights
-    weightDecay=0.0,
-    maxGradNorm=100.0,
-    steps=1,
-)
+# a large step: the reloaded engine must sample from visibly different weights
+ALGO = algo(icepopEnabled=False, learningRate=5e-2, weightDecay=0.0, maxGradNorm=100.0, steps=1)
 PROMPTS = [[256, 49, 50, 43, 55, 61], [256, 57, 42, 56, 61]]
 
 

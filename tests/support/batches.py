@@ -25,3 +25,21 @@ def synthetic_batch(step: int, groups: int = 4, group_size: int = 4, seed: int =
             )
         out.append({"promptIndex": step * groups + g, "answer": "1", "promptIds": prompt, "rollouts": rollouts})
     return {"step": step, "groups": out}
+
+
+def algo(**overrides: Any) -> Any:
+    """An AlgorithmConfig for trainer tests: GRPO + IcePop at a step size a tiny model moves under."""
+    from kuberl_workers.config import AlgorithmConfig
+
+    base: dict[str, Any] = {
+        "icepopEnabled": True,
+        "icepopAlpha": 0.5,
+        "icepopBeta": 5.0,
+        "clipEpsilon": 0.2,
+        "klCoef": 0.0,
+        "learningRate": 1e-3,
+        "weightDecay": 0.01,
+        "maxGradNorm": 1.0,
+        "steps": 10,
+    }
+    return AlgorithmConfig(**{**base, **overrides})

@@ -10,25 +10,14 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from kuberl_workers.config import AlgorithmConfig
 from kuberl_workers.models.tiny import PAD_ID
 from kuberl_workers.trainer.logprobs import completion_logprobs
 from kuberl_workers.trainer.step import make_optimizer, train_step
 from kuberl_workers.trainer.weights import load_checkpoint, publish_weights, save_checkpoint
 from support.archs import MATRIX, build
-from support.batches import synthetic_batch
+from support.batches import algo, synthetic_batch
 
-ALGO = AlgorithmConfig(
-    icepopEnabled=True,
-    icepopAlpha=0.5,
-    icepopBeta=5.0,
-    clipEpsilon=0.2,
-    klCoef=0.1,
-    learningRate=1e-3,
-    weightDecay=0.0,
-    maxGradNorm=1.0,
-    steps=10,
-)
+ALGO = algo(klCoef=0.1, weightDecay=0.0)
 
 
 def _tied(model: torch.nn.Module) -> bool:

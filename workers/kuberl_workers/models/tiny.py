@@ -5,11 +5,10 @@ Deterministic for a seed: every process that builds it gets the same weights and
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from kuberl_workers.models.cache import build_once
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 VOCAB_SIZE = 259  # 256 bytes + BOS, EOS, PAD
@@ -115,25 +114,12 @@ def warm_start(directory: Path, seed: int, steps: int = 400, batch: int = 64, lr
     return {"loss": loss_value}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("KUBERL_CACHE", Path.home() / ".cache" / "kuberl"))
-
-
 def ensure_tiny(seed: int = 0, root: Path | None = None) -> Path:
     """The tiny model's directory, built once per seed (under a file lock, so concurrent processes agree)."""
-    root = root or cache_dir()
-    target = root / f"tiny-v2-seed{seed}"
-    if (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f".tiny-seed{seed}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "model.safetensors").is_file():
-            staging = root / f".tiny-seed{seed}.staging-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
-            build_tokenizer(staging)
-            build_model(staging, seed)
-            warm_start(staging, seed)
-            staging.rename(target)
-    return target
+
+    def build(staging: Path) -> None:
+        build_tokenizer(staging)
+        build_model(staging, seed)
+        warm_start(staging, seed)
+
+    return build_once(f"tiny-v2-seed{seed}", build, root)

@@ -35,16 +35,16 @@ class Heartbeats(threading.Thread):
         self.client, self.worker, self.every, self.stall_seconds = client, worker, every, stall_seconds
         self.version = 0
         self._last = time.monotonic()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def progress(self, version: int) -> None:
         self.version, self._last = version, time.monotonic()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._halt.wait(self.every):
             if time.monotonic() - self._last > self.stall_seconds:
                 log.warning("no training progress for %.0fs: heartbeats paused", time.monotonic() - self._last)
                 continue

@@ -55,7 +55,7 @@ def completion_logprobs(model: nn.Module, ids: Tensor, mask: Tensor, temperature
     when grad is enabled. Raises TypeError for a model without a decoder/output-head split.
     """
     backbone, head, softcap = _parts(model)
-    hidden = backbone(input_ids=ids).last_hidden_state[:, :-1]
+    hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
     selected = mask.bool()
     rows = hidden[selected]
     targets = ids[:, 1:][selected]
