@@ -105,8 +105,8 @@ class DatasetSpec(ApiModel):
     rules = (
         _exactly_one("path", "builtin", "task.dataset"),
         _needs("volume", "path"),
-        _stays_inside("path"),
         _known_suffix(),
+        _stays_inside("path"),  # last: where both fail, a path that leaves its volume is what to report
     )
 
 
@@ -351,7 +351,8 @@ class RLJobSpec(ApiModel):
     """Worker image for all roles; unset uses the operator's configured worker image. A role's template can
     still override its container image."""
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    """Seed for data order, sampling and initialisation: the same seed gives the same schedule."""
+    """Seed for sampling, initialisation and built-in task generation: the same seed gives the same schedule. A
+    file dataset is read in file order whatever the seed (shuffle the file to change it)."""
     suspend: bool = False
     """Delete the job's pods but keep checkpoints and status; setting it back to false resumes."""
 
