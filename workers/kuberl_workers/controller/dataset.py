@@ -97,11 +97,6 @@ def read_examples(path: str, prompt_field: str, answer_field: str, file_format: 
     return examples
 
 
-def read_jsonl(path: str, prompt_field: str, answer_field: str) -> list[Example]:
-    """`read_examples` of a JSONL file."""
-    return read_examples(path, prompt_field, answer_field, "jsonl")
-
-
 class PromptRenderer:
     """Prompt -> token ids, per task.promptFormat: `chat` through the tokenizer's chat template (a string as one
     user turn after the optional system prompt; messages as they are), `raw` as plain text, `auto` = chat when the
