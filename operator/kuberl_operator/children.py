@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import kopf
 
+from kuberl_operator.api import conditions as cond
+from kuberl_operator.api.podschema import schema_problems
 from kuberl_operator.api.rljob import API_VERSION, KIND
 from kuberl_operator.kube import ApiError, Kube, path
 
 # Set on a pod just before the operator deletes it (the value says why). A pod that goes without it was deleted
 # by someone else (kubectl, an API eviction, a node drain): a fault, recreated after backoff and counted.
 DELETED_BY_ANNOTATION = "kuberl.io/deleted-by-operator"
+
+
+class Refusals(Protocol):
+    """What create_child records into (reconcile's Outcome)."""
+
+    created: list[str]
+    refused: list[str]
 
 
 def now() -> str:
@@ -78,3 +87,34 @@ async def delete_pod(kube: Kube, pod: dict[str, Any], why: str) -> bool:
 
 def deleted_by_someone_else(pod: dict[str, Any]) -> bool:
     return (pod["metadata"].get("annotations") or {}).get(DELETED_BY_ANNOTATION) is None
+
+
+async def create_child(kube: Kube, namespace: str, plural: str, manifest: dict[str, Any], outcome: Refusals) -> None:
+    """Create one child. A pod is first checked against Kubernetes' pod schema (not sent when it fails); a
+    request the API server refuses (invalid, forbidden, admission) is recorded in `outcome.refused` with the API
+    server's message instead of raised, so the other children are still created and the status says why.
+    """
+    kind, name = manifest.get("kind", plural), manifest["metadata"]["name"]
+    if plural == "pods":
+        problems = schema_problems({"metadata": manifest["metadata"], "spec": manifest["spec"]})
+        if problems:
+            outcome.refused.append(f"{kind} {name} not sent: " + "; ".join(f"{p}: {m}" for p, m in problems))
+            return
+    try:
+        await kube.create(namespace, plural, manifest)
+    except ApiError as error:
+        if not error.refused:
+            raise
+        outcome.refused.append(f"{kind} {name}: {error.message}")
+        return
+    outcome.created.append(name)
+
+
+async def announce_refusals(kube: Kube, body: dict[str, Any], old: dict[str, Any], refused: list[str]) -> None:
+    """One Warning event per new set of refusals (not one per retry): when the Degraded message changes."""
+    if not refused:
+        return
+    message = "; ".join(refused)
+    degraded: dict[str, Any] = next((x for x in old.get("conditions") or [] if x.get("type") == cond.DEGRADED), {})
+    if degraded.get("reason") != cond.CREATE_REFUSED or degraded.get("message") != message:
+        await event(kube, body, cond.CREATE_REFUSED, message, warning=True)

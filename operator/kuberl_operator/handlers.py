@@ -6,7 +6,6 @@ import asyncio
 import base64
 import collections
 import logging
-import ssl
 from typing import Any
 
 import aiohttp
@@ -40,16 +39,11 @@ def configure(settings: Settings) -> None:
 
 
 def connect(info: kopf.ConnectionInfo, session: aiohttp.ClientSession) -> Kube:
-    """A client of the API server kopf logged in to (token, client certificate, CA as kopf resolved them)."""
-    context: ssl.SSLContext | bool
-    if info.insecure:
-        context = False
-    else:
-        context = ssl.create_default_context(cafile=info.ca_path) if info.ca_path else ssl.create_default_context()
-        if info.certificate_path and info.private_key_path:
-            context.load_cert_chain(info.certificate_path, info.private_key_path)
-    headers = {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"} if info.token else {}
-    return Kube(info.server, session, headers, ssl=context)
+    """A client of the API server kopf logged in to, with kopf's own TLS context and headers: every credential
+    form of a kubeconfig kopf reads (token, basic auth, client certificate and CA as files or as embedded
+    `*-data`, insecure-skip-tls-verify).
+    """
+    return Kube(info.server, session, info.as_http_headers(), ssl=info.as_ssl_context())
 
 
 async def start(info: kopf.ConnectionInfo) -> None:

@@ -12,9 +12,23 @@ GROUPS = {"networkpolicies": "/apis/networking.k8s.io/v1"}
 
 
 class ApiError(RuntimeError):
+    """A refused request. `message` is the API server's own explanation (its Status object's `message`)."""
+
     def __init__(self, status: int, method: str, path: str, body: str) -> None:
         super().__init__(f"{method} {path}: {status} {body[:300]}")
-        self.status = status
+        self.status, self.body = status, body
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        self.message = str(parsed.get("message") or body) if isinstance(parsed, dict) else body[:1000]
+
+    @property
+    def refused(self) -> bool:
+        """The request itself is at fault (invalid, forbidden, admission): retrying it unchanged cannot help.
+        Not a conflict (409: exists), throttling (429) or a server error (5xx).
+        """
+        return 400 <= self.status < 500 and self.status not in (404, 409, 429)
 
 
 def path(namespace: str, plural: str, name: str | None = None, subresource: str | None = None) -> str:

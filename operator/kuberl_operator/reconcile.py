@@ -16,7 +16,7 @@ from kuberl_operator import status as st
 from kuberl_operator.api import conditions as c
 from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.api.validate import problems_of
-from kuberl_operator.children import adopt, delete_pod, event
+from kuberl_operator.children import adopt, announce_refusals, create_child, delete_pod, event
 from kuberl_operator.children import now as _now
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.settings import Settings
@@ -40,6 +40,7 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     requeue_after: float | None = None  # seconds until a pod's restart backoff ends
+    refused: list[str] = field(default_factory=list)  # children the API server refused: "<kind> <name>: <why>"
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
@@ -265,8 +266,7 @@ async def reconcile(
                 backoff.pop(pod_id, None)
                 resting.discard(pod_id)
                 manifest = adopt(builders.build_pod(job, cfg, role, index, settings.worker_image, avoid), body)
-                await kube.create(namespace, "pods", manifest)
-                outcome.created.append(pod_id)
+                await create_child(kube, namespace, "pods", manifest, outcome)
             extra = [p for p in pods if _role_of(p)[0] == "rollout" and _role_of(p)[1] >= desired["rollout"]]
             await delete_pods(extra, "scaled-down")
             pods = [p for p in pods if p not in extra]
@@ -313,8 +313,10 @@ async def reconcile(
         selector=builders.selector(name, "rollout"),
         start_time=now if outcome.created else None,
         completion_time=now if (complete or failed) else None,
+        refused=outcome.refused,
     )
     new = st.compute(old, seen, now)
+    await announce_refusals(kube, body, old, outcome.refused)
     outcome.status_patch = st.diff(old, new)
     if failed and c.FAILED not in terminal:
         outcome.permanent_error = failed[1]
@@ -361,26 +363,23 @@ async def _ensure_shared_children(
     config_map = adopt(builders.build_config_map(job, cfg), body)
     existing = await kube.get(path(namespace, "configmaps", config_map["metadata"]["name"]))
     if existing is None:
-        await kube.create(namespace, "configmaps", config_map)
-        outcome.created.append(config_map["metadata"]["name"])
+        await create_child(kube, namespace, "configmaps", config_map, outcome)
     elif existing.get("data") != config_map["data"]:
         await kube.merge_patch(
             path(namespace, "configmaps", config_map["metadata"]["name"]), {"data": config_map["data"]}
         )
     secret_name = builders.secret_name(job.metadata.name)
     if await kube.get(path(namespace, "secrets", secret_name)) is None:
-        await kube.create(namespace, "secrets", adopt(builders.build_secret(job, secrets.token_urlsafe(32)), body))
-        outcome.created.append(secret_name)
+        secret = adopt(builders.build_secret(job, secrets.token_urlsafe(32)), body)
+        await create_child(kube, namespace, "secrets", secret, outcome)
     for service in builders.build_services(job, cfg):
         if await kube.get(path(namespace, "services", service["metadata"]["name"])) is None:
-            await kube.create(namespace, "services", adopt(service, body))
-            outcome.created.append(service["metadata"]["name"])
+            await create_child(kube, namespace, "services", adopt(service, body), outcome)
     if settings.network_policy:
         policy_name = builders.network_policy_name(job.metadata.name)
         if await kube.get(path(namespace, "networkpolicies", policy_name)) is None:
             manifest = builders.build_network_policy(job, cfg, settings.operator_namespace, settings.metrics_from)
-            await kube.create(namespace, "networkpolicies", adopt(manifest, body))
-            outcome.created.append(policy_name)
+            await create_child(kube, namespace, "networkpolicies", adopt(manifest, body), outcome)
 
 
 async def reconcile_and_patch(

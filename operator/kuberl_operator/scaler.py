@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from kuberl_operator import builders, metrics, policy
 from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.children import event
@@ -31,14 +33,17 @@ async def scale_once(
     will go (the controller stops leasing to them) and only lowers the size once they hold no work.
     """
     meta = body["metadata"]
-    job = RLJob.model_validate(
-        {
-            "apiVersion": body["apiVersion"],
-            "kind": body["kind"],
-            "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "default")},
-            "spec": body["spec"],
-        }
-    )
+    try:
+        job = RLJob.model_validate(
+            {
+                "apiVersion": body["apiVersion"],
+                "kind": body["kind"],
+                "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "default")},
+                "spec": body["spec"],
+            }
+        )
+    except ValidationError:
+        return None  # nothing to scale: reconcile fails the job with InvalidSpec and the field
     if job.spec.suspend:
         return None
     namespace = job.metadata.namespace or "default"

@@ -27,6 +27,7 @@ class Observed:
     selector: str = ""
     start_time: str | None = None
     completion_time: str | None = None
+    refused: list[str] = field(default_factory=list)  # "<kind> <name>: <API server's message>" per refused create
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
@@ -75,6 +76,8 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
         summary = (c.SUSPENDED_BY_USER, "spec.suspend is true: pods deleted, checkpoints kept")
     elif seen.restarting:
         summary = (c.RESTARTING, "recreating failed pods")
+    elif seen.refused:
+        summary = (c.CREATE_REFUSED, "; ".join(seen.refused))
     elif all_ready:
         summary = (c.RUNNING, "all pods ready")
     else:
@@ -86,7 +89,9 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
     rollout_gap = ready["rollout"] != seen.desired["rollout"]
     below_min = not terminal and not seen.suspended and ready["rollout"] < seen.desired.get("rolloutMin", 0)
     degraded_reason = (
-        c.ROLLOUTS_BELOW_MINIMUM
+        c.CREATE_REFUSED
+        if seen.refused and not terminal
+        else c.ROLLOUTS_BELOW_MINIMUM
         if below_min
         else c.RESTARTING
         if seen.restarting
@@ -119,7 +124,11 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
             c.DEGRADED,
             degraded_reason != c.HEALTHY,
             degraded_reason,
-            ", ".join(seen.avoided_nodes) if degraded_reason == c.NODES_AVOIDED else "",
+            ", ".join(seen.avoided_nodes)
+            if degraded_reason == c.NODES_AVOIDED
+            else "; ".join(seen.refused)
+            if degraded_reason == c.CREATE_REFUSED
+            else "",
             now,
             seen.generation,
         ),

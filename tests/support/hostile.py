@@ -229,6 +229,34 @@ HOSTILE: list[Case] = [
         "spec.rollout.template.spec.containers[0]",
         "operator",
     ),
+    (
+        "containers-string",
+        "a string as the container list",
+        _tpl("rollout", {"spec": {"containers": "oops"}}),
+        "spec.rollout.template.spec.containers",
+        "operator",
+    ),
+    (
+        "memory-lots",
+        "a memory limit that is no quantity",
+        _tpl("trainer", {"spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "lots"}}}]}}),
+        "spec.trainer.template.spec.containers[0].resources.limits.memory",
+        "operator",
+    ),
+    (
+        "template-unknown-field",
+        "a misspelt pod field",
+        _tpl("controller", {"spec": {"nodeSelectr": {"pool": "cpu"}}}),
+        "spec.controller.template.spec.nodeSelectr",
+        "operator",
+    ),
+    (
+        "sidecar-nameless",
+        "a sidecar without a name",
+        _tpl("rollout", {"spec": {"containers": [{"name": "rollout"}, {"image": "busybox"}]}}),
+        "spec.rollout.template.spec.containers[1].name",
+        "operator",
+    ),
 ]
 
 

@@ -77,6 +77,15 @@ class Api:
         return [e["reason"] for e in events if (e.get("involvedObject") or {}).get("name") == involved]
 
 
+def delete_all_jobs(api: Api, timeout: float) -> None:
+    """Delete every RLJob of the namespace and wait (bounded) until they are gone."""
+    for job in api.list("rljobs"):
+        api.delete("rljobs", job["metadata"]["name"])
+    deadline = time.monotonic() + timeout
+    while api.list("rljobs") and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 # the operator's own credential on the emulated cluster: its requests are told apart by it (RBAC completeness)
 OPERATOR_TOKEN = "kuberl-operator-token"
 
@@ -88,6 +97,7 @@ class Cluster:
     emulator: EmulatedApiServer | None  # None on a real cluster
     worker_image: str | None = None  # given to the operator (real nodes pull it)
     access_mode: str = "ReadWriteOnce"  # of the checkpoint claims the tier creates on real nodes
+    operator_kubeconfig: Path | None = None  # the operator's own credential, when not the test's (the chart's SA)
 
 
 @dataclass
@@ -101,7 +111,7 @@ def start_operator(cluster: Cluster, folder: Path) -> Operator:
     """`kuberl operator` as a process, exactly as the container runs it (standalone, one namespace); returns once
     its liveness endpoint answers. A second call with the same folder is a restart: the log is appended to."""
     log = folder / "operator.log"
-    kubeconfig = cluster.kubeconfig
+    kubeconfig = cluster.operator_kubeconfig or cluster.kubeconfig
     if cluster.emulator is not None:  # its own token, so that its requests can be told from the test's and kubelet's
         config = yaml.safe_load(kubeconfig.read_text())
         config["users"][0]["user"]["token"] = OPERATOR_TOKEN

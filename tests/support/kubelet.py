@@ -10,8 +10,13 @@ What it stands in for, and how (named so that no one mistakes it for a real node
 - volumes: configMaps and secrets are written out, emptyDirs are per-pod folders, a persistentVolumeClaim is a
   folder per claim shared by all pods; mount paths in env values and in mounted configMap files are rewritten to
   those folders (no chroot);
-- probes: the readinessProbe's httpGet is polled every `period` seconds instead of its periodSeconds.
-Not emulated: resource limits, image pulls, init and sidecar containers, graceful termination periods.
+- probes: the readinessProbe's httpGet is polled every `period` seconds instead of its periodSeconds;
+- nodes (with `register_nodes`, on a real API server): a Node object per name, Ready, with its Lease in
+  kube-node-lease renewed every 10 s, so that the controller-manager neither force-deletes the pods bound to it
+  (PodGC) nor taints it unreachable; deleted from the API at stop;
+- graceful deletion: a pod the API server marked for deletion (deletionTimestamp) has its process stopped
+  (SIGTERM, then SIGKILL after 10 s), then the deletion is confirmed with gracePeriodSeconds 0, as a kubelet does.
+Not emulated: resource limits, image pulls, init and sidecar containers, terminationGracePeriodSeconds.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from typing import Any
 import aiohttp
 
 from kuberl_operator.kube import ApiError, Kube, path
+from support.nodes import LEASE_RENEW_SECONDS, delete_nodes, heartbeat
 
 SVC_HOST = re.compile(r"(?:([a-z0-9-]+)\.)?([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?")
 MANAGED = "app.kubernetes.io/managed-by=kuberl-operator"
@@ -62,8 +69,11 @@ class TestKubelet:
         root: Path,
         nodes: tuple[str, ...] = ("node-a", "node-b", "node-c"),
         period: float = 0.5,
+        register_nodes: bool = False,
     ) -> None:
         self.connect, self.namespace, self.root, self.nodes, self.period = connect, namespace, root, nodes, period
+        self.register_nodes = register_nodes
+        self._renewed = 0.0
         self.containers: dict[str, Container] = {}
         self.finished: dict[str, int] = {}  # pod uid -> exit code, reported and never restarted
         self.started: list[str] = []  # pod names, in start order (a restart appends the name again)
@@ -111,10 +121,15 @@ class TestKubelet:
             kube = self.connect(session)
             while not self._stop.is_set():
                 try:
+                    if self.register_nodes and time.monotonic() - self._renewed > LEASE_RENEW_SECONDS:
+                        await heartbeat(kube, self.nodes, register=self._renewed == 0.0)
+                        self._renewed = time.monotonic()
                     await self._sync(kube)
                 except (ApiError, aiohttp.ClientError, OSError, KeyError, ValueError) as error:
                     self.errors.append(repr(error))
                 await asyncio.sleep(self.period)
+            if self.register_nodes:
+                self.errors += await delete_nodes(kube, self.nodes)
 
     async def _sync(self, kube: Kube) -> None:
         pods = await kube.list(self.namespace, "pods", MANAGED)
@@ -124,6 +139,16 @@ class TestKubelet:
                 pod = live.get(name)
                 if pod is None or pod["metadata"]["uid"] != container.uid:
                     self._terminate(name)  # deleted: stop it before a successor may take its address
+        for pod in pods:  # a graceful deletion waits for its kubelet: its process is stopped above, confirm it
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") and (pod.get("spec") or {}).get("nodeName") in self.nodes:
+                options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
+                options["preconditions"] = {"uid": meta["uid"]}
+                try:
+                    await kube.call("DELETE", path(self.namespace, "pods", meta["name"]), options)
+                except ApiError as error:
+                    if error.status not in (404, 409):  # gone already, or a successor took the name
+                        raise
         for name, pod in live.items():
             spec, status = pod.get("spec") or {}, pod.get("status") or {}
             uid = pod["metadata"]["uid"]

@@ -74,12 +74,10 @@ async def test_rljob_admission_defaults_and_rejects(kube: Kube) -> None:
     bad["metadata"]["name"] = "bad"
     with pytest.raises(ApiError) as invalid:
         await kube.create("default", "rljobs", bad)
-    assert invalid.value.status == 422 and "spec.rollout.minReplicas: must be <= maxReplicas (3 > 1)" in str(
-        invalid.value
-    )
+    assert invalid.value.status == 422 and "spec.rollout.minReplicas: must be <= maxReplicas" in str(invalid.value)
     with pytest.raises(ApiError) as immutable:
         await kube.merge_patch(path("default", "rljobs", "job"), {"spec": {"trainer": {"replicas": 3}}})
-    assert immutable.value.status == 422 and "is immutable (2 -> 3)" in str(immutable.value)
+    assert immutable.value.status == 422 and "is immutable" in str(immutable.value)
 
 
 async def test_label_selectors(kube: Kube) -> None:

@@ -40,7 +40,7 @@ def test_validate_bad_spec_prints_each_problem_and_exits_one(
     assert main(["validate", str(good), str(bad)]) == 1
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert f"{bad}: spec.rollout.minReplicas: must be <= maxReplicas (4 > 2)" in lines
+    assert f"{bad}: spec.rollout.minReplicas: must be <= maxReplicas" in lines
     assert f"{bad}: spec.c3po.chunkTokens: input should be greater than or equal to 1 (got 0)" in lines
     assert len(lines) == 2
     assert f"{good}: valid" in captured.out

@@ -38,6 +38,7 @@ STABLE: Final = "Stable"
 ROLLOUTS_BELOW_MINIMUM: Final = "RolloutsBelowMinimum"
 NODES_AVOIDED: Final = "NodesAvoided"
 HEALTHY: Final = "Healthy"
+CREATE_REFUSED: Final = "CreateRefused"
 
 REASONS: Final[dict[str, str]] = {
     PENDING: "Pods are being created or are not yet ready.",
@@ -54,4 +55,7 @@ REASONS: Final[dict[str, str]] = {
     ROLLOUTS_BELOW_MINIMUM: "Fewer ready rollout pods than rollout.minReplicas.",
     NODES_AVOIDED: "Nodes passed faultTolerance.nodeFailureThreshold and are excluded by anti-affinity.",
     HEALTHY: "Nothing is degraded.",
+    CREATE_REFUSED: "The API server refused to create a child (pod template invalid for this cluster, a missing "
+    "PriorityClass, a quota, an admission policy); the message names the child and quotes the API server. The "
+    "operator retries on its resync, so fixing the cause (or the spec) is enough.",
 }

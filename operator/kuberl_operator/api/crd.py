@@ -106,7 +106,11 @@ def _structural(node: Any, defs: dict[str, Any], in_spec: bool = False, optional
     if not in_spec:
         node.pop("default", None)  # status is observation: the operator writes every field it means
     elif optional and node.get("type") == "object" and "properties" in node and not node.get("required"):
-        node.setdefault("default", {})  # so the API server fills nested defaults of an omitted section
+        # So the API server fills nested defaults of an omitted section. Written out in full: the API server
+        # checks a default against the object's CEL rules without defaulting inside it, so `{}` would fail
+        # every rule over a defaulted child (and refuse the whole CRD).
+        full = {k: copy.deepcopy(p["default"]) for k, p in node["properties"].items() if "default" in p}
+        node["default"] = full if node.get("default", {}) == {} else node["default"]
     ordered = {key: node.pop(key) for key in _KEY_ORDER if key in node}
     return {**ordered, **dict(sorted(node.items()))}
 

@@ -2,6 +2,7 @@
 
 The CRD keeps templates as free-form objects (a full PodTemplateSpec schema would be most of the CRD), so these
 rules are the operator's: a job whose template breaks one gets `Failed`/`InvalidSpec` naming the field, no pods.
+A template must also be a valid PodTemplateSpec (api/podschema.py), checked here too.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic_core import PydanticCustomError
+
+from kuberl_operator.api.podschema import schema_problems
 
 POD_TEMPLATE_ERROR = "pod_template"
 HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
@@ -21,7 +24,15 @@ Problems = list[tuple[str, str]]
 
 
 def template_problems(template: dict[str, Any]) -> Problems:
-    """Every refused setting in a pod template, as (path inside the template, message)."""
+    """Every refused setting in a pod template, as (path inside the template, message): kuberl's policy, then
+    whatever makes it an invalid Kubernetes PodTemplateSpec (api/podschema.py).
+    """
+    out = _policy_problems(template)
+    seen = {where for where, _ in out}
+    return out + [(where, message) for where, message in schema_problems(template) if where not in seen]
+
+
+def _policy_problems(template: dict[str, Any]) -> Problems:
     out: Problems = []
     metadata, spec = template.get("metadata"), template.get("spec")
     for key, value in (("metadata", metadata), ("spec", spec)):

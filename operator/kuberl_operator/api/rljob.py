@@ -62,7 +62,7 @@ class RLJob(ApiModel):
     rules = (
         Rule(
             cel=f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{NAME_PATTERN}')",
-            message=f'"{_NAME_MESSAGE}"',
+            message=_NAME_MESSAGE,
             field="metadata.name",
             cel_field_path=False,
             check=lambda m: (

@@ -22,7 +22,7 @@ def _exactly_one(a: str, b: str, where: str) -> Rule:
     message = f"exactly one of {where}.{a} or {where}.{b} must be set"
     return Rule(
         cel=f"has(self.{a}) != has(self.{b})",
-        message=f"'{message}'",
+        message=message,
         field="",
         check=lambda m: None if (getattr(m, a) is None) != (getattr(m, b) is None) else message,
     )
@@ -35,7 +35,7 @@ def _stays_inside(field: str) -> Rule:
     message = "must not contain '..' (it would leave its volume)"
     return Rule(
         cel=f"!has(self.{field}) || !self.{field}.contains('..')",
-        message=f'"{message}"',
+        message=message,
         field=field,
         check=lambda m: message if ".." in (getattr(m, field) or "") else None,
     )
@@ -45,7 +45,7 @@ def _needs(field: str, needed: str) -> Rule:
     message = f"needs {needed} (the directory or file inside the volume)"
     return Rule(
         cel=f"!has(self.{field}) || has(self.{needed})",
-        message=f"'{message}'",
+        message=message,
         field=field,
         check=lambda m: message if getattr(m, field) is not None and getattr(m, needed) is None else None,
     )
@@ -76,7 +76,7 @@ def _known_suffix() -> Rule:
     return Rule(
         cel="!has(self.path) || (has(self.format) && self.format != 'auto') || "
         + " || ".join(f"self.path.endsWith('{x}')" for x in suffixes),
-        message=f"'{message}'",
+        message=message,
         field="path",
         check=lambda m: (
             message if m.path is not None and m.format == "auto" and not m.path.endswith(suffixes) else None
@@ -142,7 +142,7 @@ class TaskSpec(ApiModel):
     rules = (
         Rule(
             cel="!has(self.systemPrompt) || !has(self.promptFormat) || self.promptFormat != 'raw'",
-            message="'needs a chat prompt format (promptFormat is raw)'",
+            message="needs a chat prompt format (promptFormat is raw)",
             field="systemPrompt",
             check=lambda m: (
                 "needs a chat prompt format (promptFormat is raw)"
@@ -163,7 +163,7 @@ class IcePopSpec(ApiModel):
     beta: float = Field(5.0, ge=1.0, le=1000.0)
     """Upper bound of the band; tokens with k > beta contribute no gradient."""
 
-    rules = (ordered("alpha", "<", "beta", show_values=False),)
+    rules = (ordered("alpha", "<", "beta"),)
 
 
 class AlgorithmSpec(ApiModel):
@@ -230,17 +230,15 @@ class TrainerSpec(ApiModel):
     rules = (
         Rule(
             cel="!has(self.strategy) || self.strategy != 'fsdp2'",
-            message="'fsdp2 is not implemented by the trainer yet; use ddp'",
+            message="fsdp2 is not implemented by the trainer yet; use ddp",
             field="strategy",
             check=lambda m: "fsdp2 is not implemented by the trainer yet; use ddp" if m.strategy == "fsdp2" else None,
         ),
         Rule(
             cel="self.replicas == oldSelf.replicas",
-            message="'is immutable (' + string(oldSelf.replicas) + ' -> ' + string(self.replicas) + ')'",
+            message="is immutable",
             field="replicas",
-            check=lambda old, new: (
-                None if old.replicas == new.replicas else f"is immutable ({old.replicas} -> {new.replicas})"
-            ),
+            check=lambda old, new: None if old.replicas == new.replicas else "is immutable",
             transition=True,
         ),
     )
@@ -272,14 +270,12 @@ class RolloutSpec(ApiModel):
         ordered("minReplicas", "<=", "maxReplicas"),
         Rule(
             cel="!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)",
-            message="'must be within [minReplicas, maxReplicas] = [' + string(self.minReplicas) + ', '"
-            " + string(self.maxReplicas) + '] (got ' + string(self.replicas) + ')'",
+            message="must be within [minReplicas, maxReplicas]",
             field="replicas",
             check=lambda m: (
                 None
                 if m.replicas is None or m.minReplicas <= m.replicas <= m.maxReplicas
-                else "must be within [minReplicas, maxReplicas] = "
-                f"[{m.minReplicas}, {m.maxReplicas}] (got {m.replicas})"
+                else "must be within [minReplicas, maxReplicas]"
             ),
         ),
     )
@@ -360,8 +356,7 @@ class RLJobSpec(ApiModel):
         Rule(
             cel="!has(self.model.builtin) || self.model.builtin != 'tiny' || !has(self.task.promptFormat) || "
             "self.task.promptFormat == 'raw' || (self.task.promptFormat == 'auto' && !has(self.task.systemPrompt))",
-            message="'the builtin tiny model has no chat template: use promptFormat raw (or auto) "
-            "without systemPrompt'",
+            message="the builtin tiny model has no chat template: use promptFormat raw (or auto) without systemPrompt",
             field="task.promptFormat",
             check=lambda m: (
                 "the builtin tiny model has no chat template: use promptFormat raw (or auto) without systemPrompt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,10 +64,52 @@ def problems_of(error: ValidationError, rules: bool = True) -> list[Problem]:
     return out
 
 
+# what the API server appends to metadata.generateName (5 characters of its alphabet); a stand-in for validation
+GENERATED_SUFFIX = "x2x2x"
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    from kuberl_operator.api.crd import openapi_schema  # the CRD is generated from these models
+
+    return openapi_schema()
+
+
+def as_stored(doc: Any) -> Any:
+    """`doc` as the API server stores it before validating it, so that `kuberl validate` agrees with it:
+    explicit nulls dropped (none of RLJob's fields is nullable, so the API server prunes them), integral floats
+    in integer fields made integers (`32.0` is stored as 32), and a name made from `metadata.generateName` when
+    there is none. Defaults are left to the models. A copy; `doc` is not changed.
+    """
+    if not isinstance(doc, dict):
+        return doc
+    out = _normalised(doc, _schema())
+    meta = out.get("metadata")
+    if isinstance(meta, dict) and not meta.get("name") and isinstance(meta.get("generateName"), str):
+        out["metadata"] = {**meta, "name": meta["generateName"] + GENERATED_SUFFIX}
+    return out
+
+
+def _normalised(value: Any, schema: dict[str, Any]) -> Any:
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value  # kept as written (pod templates)
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is None:
+            return dict(value)
+        return {k: _normalised(v, props.get(k, {})) for k, v in value.items() if v is not None or k not in props}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_normalised(v, schema["items"]) for v in value]
+    if schema.get("type") == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def validate_document(doc: Any) -> list[Problem]:
-    """Problems of one parsed RLJob document; empty when it is valid."""
+    """Problems of one parsed RLJob document, as the API server stores it (`as_stored`); empty when it is valid."""
     if not isinstance(doc, dict):
         return [Problem("", f"expected an RLJob mapping, got {type(doc).__name__}")]
+    doc = as_stored(doc)
     try:
         RLJob.model_validate(doc)
     except ValidationError as error:
@@ -121,4 +164,4 @@ def load_rljob(path: Path) -> RLJob:
     docs = load_documents(path)
     if len(docs) != 1:
         raise ValueError(f"{path}: expected one RLJob document, found {len(docs)}")
-    return RLJob.model_validate(docs[0])
+    return RLJob.model_validate(as_stored(docs[0]))

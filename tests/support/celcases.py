@@ -1,0 +1,71 @@
+"""Invalid RLJob specs, each breaking one thing: the cases on which kuberl's validation, the emulated API server
+(tests/unit/test_cel_agreement.py) and the real one (tests/e2e/test_real_apiserver.py) must give one verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from support.specs import DELETE
+
+# (id, mutations, field paths both must report). Each case breaks exactly one thing.
+INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
+    ("prompts-zero", {"spec.task.promptsPerStep": 0}, {"spec.task.promptsPerStep"}),
+    ("group-of-one", {"spec.task.samplesPerPrompt": 1}, {"spec.task.samplesPerPrompt"}),
+    ("temperature-zero", {"spec.task.temperature": 0}, {"spec.task.temperature"}),
+    ("unknown-reward", {"spec.task.reward": "bleu"}, {"spec.task.reward"}),
+    ("bad-dtype", {"spec.model.dtype": "int8"}, {"spec.model.dtype"}),
+    ("clip-one", {"spec.algorithm.clipEpsilon": 1.0}, {"spec.algorithm.clipEpsilon"}),
+    ("not-grpo", {"spec.algorithm.name": "ppo"}, {"spec.algorithm.name"}),
+    ("negative-budget", {"spec.c3po.tokenBudget": -5}, {"spec.c3po.tokenBudget"}),
+    ("replicas-string", {"spec.trainer.replicas": "2"}, {"spec.trainer.replicas"}),
+    ("too-many-rollouts", {"spec.rollout.maxReplicas": 5000}, {"spec.rollout.maxReplicas"}),
+    ("suspend-string", {"spec.suspend": "yes"}, {"spec.suspend"}),
+    ("unknown-field", {"spec.rollout.autoscale": True}, {"spec.rollout.autoscale"}),
+    ("bad-claim-name", {"spec.model": {"volume": "Bad_Claim", "path": "m"}}, {"spec.model.volume"}),
+    ("missing-task", {"spec.task": DELETE}, {"spec.task"}),
+    # a bound is no blocking error: the API server still runs CEL, and the heartbeat rule fails too
+    (
+        "lease-zero",
+        {"spec.faultTolerance.leaseSeconds": 0},
+        {"spec.faultTolerance.leaseSeconds", "spec.faultTolerance.heartbeatSeconds"},
+    ),
+    ("alpha-zero", {"spec.algorithm.icepop.alpha": 0}, {"spec.algorithm.icepop.alpha"}),
+    ("bad-strategy", {"spec.trainer.strategy": "zero3"}, {"spec.trainer.strategy"}),
+    ("lr-string", {"spec.algorithm.learningRate": "fast"}, {"spec.algorithm.learningRate"}),
+    ("retention-negative", {"spec.c3po.retention": -1}, {"spec.c3po.retention"}),
+    ("keep-zero", {"spec.checkpoint.keep": 0}, {"spec.checkpoint.keep"}),
+    # cross-field rules (CEL x-kubernetes-validations)
+    ("min-above-max", {"spec.rollout": {"minReplicas": 4, "maxReplicas": 2}}, {"spec.rollout.minReplicas"}),
+    ("pin-above-max", {"spec.rollout": {"maxReplicas": 3, "replicas": 5}}, {"spec.rollout.replicas"}),
+    ("pin-below-min", {"spec.rollout": {"minReplicas": 2, "maxReplicas": 3, "replicas": 1}}, {"spec.rollout.replicas"}),
+    ("alpha-not-below-beta", {"spec.algorithm.icepop": {"alpha": 1.0, "beta": 1.0}}, {"spec.algorithm.icepop.alpha"}),
+    ("chunk-above-max-tokens", {"spec.c3po.chunkTokens": 512}, {"spec.c3po.chunkTokens"}),
+    ("pool-below-group", {"spec.c3po.inferencePoolCapacity": 2}, {"spec.c3po.inferencePoolCapacity"}),
+    ("model-path-and-builtin", {"spec.model.path": "/models/x"}, {"spec.model"}),
+    ("model-neither", {"spec.model": {"dtype": "float32"}}, {"spec.model"}),
+    ("dataset-volume-no-path", {"spec.task.dataset.volume": "data"}, {"spec.task.dataset.volume"}),
+    (
+        "heartbeat-not-below-lease",
+        {"spec.faultTolerance": {"heartbeatSeconds": 10, "leaseSeconds": 10}},
+        {"spec.faultTolerance.heartbeatSeconds"},
+    ),
+    (
+        "backoff-above-cap",
+        {"spec.faultTolerance": {"restartBackoffSeconds": 100, "maxRestartBackoffSeconds": 50}},
+        {"spec.faultTolerance.restartBackoffSeconds"},
+    ),
+    ("fsdp2-not-implemented", {"spec.trainer.strategy": "fsdp2"}, {"spec.trainer.strategy"}),
+    (
+        "system-prompt-raw",
+        {"spec.task.promptFormat": "raw", "spec.task.systemPrompt": "Be brief."},
+        {"spec.task.systemPrompt"},
+    ),
+    ("tiny-has-no-chat-template", {"spec.task.promptFormat": "chat"}, {"spec.task.promptFormat"}),
+    ("tiny-system-prompt", {"spec.task.systemPrompt": "Be brief."}, {"spec.task.promptFormat"}),
+    ("dataset-unknown-suffix", {"spec.task.dataset": {"path": "/data/train.csv"}}, {"spec.task.dataset.path"}),
+    ("ppo-epochs-zero", {"spec.algorithm.ppoEpochs": 0}, {"spec.algorithm.ppoEpochs"}),
+    ("micro-batch-tiny", {"spec.trainer.maxTokensPerMicroBatch": 1}, {"spec.trainer.maxTokensPerMicroBatch"}),
+    ("unknown-builtin-model", {"spec.model.builtin": "gpt-5"}, {"spec.model.builtin"}),
+    ("name-uppercase", {"metadata.name": "Bad_Name"}, {"metadata.name"}),
+    ("name-too-long", {"metadata.name": "j" * 41}, {"metadata.name"}),
+]
