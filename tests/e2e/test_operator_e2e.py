@@ -121,6 +121,14 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
         wait_for(partial(api.list, plural, f"kuberl.io/job={NAME}"), f"{plural} collected", 60, explain, gone=True)
     if cluster.emulator is not None:
         assert_operator_requests_granted_by_chart(cluster, operator)
+    elif cluster.operator_kubeconfig is not None:  # the real API server enforced the chart's RBAC all along
+        assert_no_authorization_denials(operator)
+
+
+def assert_no_authorization_denials(operator: Operator) -> None:
+    """The operator ran as the chart's ServiceAccount on a real API server: nothing it did was forbidden."""
+    log = operator.log.read_text()
+    assert "Forbidden" not in log and ": 403 " not in log, log[-3000:]
 
 
 def assert_secret_nowhere(token: str, api: Any, operator: Operator, kubelet: TestKubelet) -> None:

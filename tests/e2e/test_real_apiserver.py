@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
 
+from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.api.validate import validate_document
 from kuberl_operator.kube import ApiError
-from support.celcases import INVALID
+from support.celcases import INVALID, boundary_specs, valid_specs
 from support.controlplane import ControlPlane
 from support.kubeapi import Api, Cluster, Operator, delete_all_jobs, start_operator, stop_operator
 from support.realcluster import (
@@ -135,17 +137,21 @@ def _kuberl() -> str:
 
 def _server_problems(setup: Setup, doc: dict[str, Any]) -> set[str]:
     """The fields the API server refuses in `doc` (server-side dry run, strict field validation)."""
+    return _admit(setup, doc)[0]
+
+
+def _admit(setup: Setup, doc: dict[str, Any]) -> tuple[set[str], dict[str, Any], str]:
+    """(refused fields, the object as the API server would store it, its messages) of a server-side dry run."""
     doc = copy.deepcopy(doc)
     doc["metadata"]["namespace"] = setup.namespace
     params = {"dryRun": "All", "fieldValidation": "Strict"}
+    url = f"/apis/kuberl.io/v1alpha1/namespaces/{setup.namespace}/rljobs"
     try:
-        setup.api.run(
-            lambda kube: kube.call("POST", f"/apis/kuberl.io/v1alpha1/namespaces/{setup.namespace}/rljobs", doc, params)
-        )
+        stored = setup.api.run(lambda kube: kube.call("POST", url, doc, params))
     except ApiError as error:
         assert error.status in (400, 422), error
-        return _fields_of(error)
-    return set()
+        return _fields_of(error), {}, error.message
+    return set(), stored, ""
 
 
 def _fields_of(error: ApiError) -> set[str]:
@@ -168,6 +174,34 @@ def test_invalid_spec_refused_by_the_real_api_server_at_the_same_fields(
         doc = set_path(doc, where, value)
     assert {p.path for p in validate_document(doc)} == paths
     assert _server_problems(setup, doc) == paths
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(doc=valid_specs())
+def test_generated_valid_specs_accepted_and_defaulted_alike(setup: Setup, doc: dict[str, Any]) -> None:
+    assert validate_document(doc) == []
+    refused, stored, message = _admit(setup, doc)
+    assert refused == set(), message
+    assert stored["spec"] == RLJob.model_validate(doc).dump()["spec"]  # the CRD's defaults are the models'
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(doc=boundary_specs())
+def test_generated_boundary_specs_same_verdict_and_messages(setup: Setup, doc: dict[str, Any]) -> None:
+    ours = validate_document(doc)
+    refused, _, message = _admit(setup, doc)
+    assert {p.path for p in ours} == refused, message
+    assert all(p.message in message for p in ours), message
+
+
+def test_trainer_replicas_are_immutable_on_the_real_api_server(setup: Setup) -> None:
+    doc = job("gang", setup.namespace, trainer={"replicas": 2}, suspend=True)
+    setup.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+    out = setup.kubectl(
+        "patch", "rlj", "gang", "--type=merge", "-p", '{"spec":{"trainer":{"replicas":4}}}', check=False
+    )
+    assert "spec.trainer.replicas" in out and "is immutable" in out
+    setup.kubectl("delete", "rlj", "gang")
 
 
 def test_what_the_api_server_stores_kuberl_validate_accepts(setup: Setup) -> None:

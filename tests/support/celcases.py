@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from support.specs import DELETE
+from hypothesis import strategies as st
+
+from support.specs import DELETE, minimal_job
 
 # (id, mutations, field paths both must report). Each case breaks exactly one thing.
 INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
@@ -69,3 +71,103 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
     ("name-uppercase", {"metadata.name": "Bad_Name"}, {"metadata.name"}),
     ("name-too-long", {"metadata.name": "j" * 41}, {"metadata.name"}),
 ]
+
+
+def valid_specs() -> st.SearchStrategy[dict[str, Any]]:
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        lo = draw(st.integers(1, 64))
+        hi = lo + draw(st.integers(0, 64))
+        pinned = draw(st.one_of(st.none(), st.integers(lo, hi)))
+        max_new = draw(st.integers(1, 131072))
+        group = draw(st.integers(2, 1024))
+        lease = draw(st.integers(2, 86400))
+        backoff_cap = draw(st.integers(0, 86400))
+        alpha = draw(st.floats(0.01, 1.0))
+        rollout: dict[str, Any] = {"minReplicas": lo, "maxReplicas": hi}
+        if pinned is not None:
+            rollout["replicas"] = pinned
+        spec: dict[str, Any] = {
+            "model": draw(
+                st.sampled_from(
+                    [
+                        {"builtin": "tiny"},
+                        {"builtin": "smollm2-135m-instruct"},
+                        {"path": "/m"},
+                        {"volume": "models", "path": "m"},
+                    ]
+                )
+            ),
+            "task": {
+                "dataset": draw(
+                    st.sampled_from(
+                        [
+                            {"builtin": "arithmetic"},
+                            {"path": "/d.jsonl"},
+                            {"path": "/d.parquet"},
+                            {"path": "/d", "format": "parquet"},
+                        ]
+                    )
+                ),
+                "reward": draw(st.sampled_from(["exact_match", "numeric", "format"])),
+                "samplesPerPrompt": group,
+                "maxNewTokens": max_new,
+                "temperature": draw(st.floats(0.05, 2.0)),
+            },
+            "algorithm": {
+                "icepop": {"alpha": alpha, "beta": draw(st.floats(max(1.0, alpha + 0.01), 1000.0))},
+                "steps": draw(st.integers(1, 10_000_000)),
+            },
+            "c3po": {
+                "chunkTokens": draw(st.integers(1, max_new)),
+                "inferencePoolCapacity": draw(st.integers(group, 1_000_000)),
+                "retention": draw(st.integers(0, 1000)),
+            },
+            "trainer": {
+                "replicas": draw(st.integers(1, 4096)),
+                "strategy": "ddp",
+                "maxTokensPerMicroBatch": draw(st.integers(16, 100_000_000)),
+                "gradientCheckpointing": draw(st.booleans()),
+            },
+            "rollout": rollout,
+            "faultTolerance": {
+                "leaseSeconds": lease,
+                "heartbeatSeconds": draw(st.integers(1, min(lease - 1, 3600))),
+                "maxRestartBackoffSeconds": backoff_cap,
+                "restartBackoffSeconds": draw(st.integers(0, min(backoff_cap, 3600))),
+            },
+            "suspend": draw(st.booleans()),
+        }
+        if spec["model"] != {"builtin": "tiny"}:  # the tiny model has no chat template
+            spec["task"]["promptFormat"] = draw(st.sampled_from(["auto", "chat", "raw"]))
+            if spec["task"]["promptFormat"] != "raw" and draw(st.booleans()):
+                spec["task"]["systemPrompt"] = "Answer with a number."
+        return minimal_job(**spec)
+
+    return build()
+
+
+@st.composite
+def boundary_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """Specs around the cross-field rules' boundaries: valid and invalid ones mixed."""
+    return minimal_job(
+        rollout={
+            "minReplicas": draw(st.integers(1, 5)),
+            "maxReplicas": draw(st.integers(1, 5)),
+            **({"replicas": draw(st.integers(1, 6))} if draw(st.booleans()) else {}),
+        },
+        task={
+            "dataset": {"builtin": "arithmetic"},
+            "reward": "numeric",
+            "samplesPerPrompt": draw(st.integers(2, 6)),
+            "maxNewTokens": draw(st.integers(1, 8)),
+        },
+        c3po={"chunkTokens": draw(st.integers(1, 8)), "inferencePoolCapacity": draw(st.integers(1, 8))},
+        algorithm={"icepop": {"alpha": draw(st.sampled_from([0.5, 1.0])), "beta": draw(st.sampled_from([1.0, 2.0]))}},
+        faultTolerance={
+            "heartbeatSeconds": draw(st.integers(1, 4)),
+            "leaseSeconds": draw(st.integers(1, 4)),
+            "restartBackoffSeconds": draw(st.integers(0, 3)),
+            "maxRestartBackoffSeconds": draw(st.integers(0, 3)),
+        },
+    )

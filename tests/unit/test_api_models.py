@@ -126,3 +126,23 @@ def test_multi_document_and_unreadable_files(tmp_path: Path) -> None:
     assert validate_file(tmp_path / "missing.yaml")[0].message.startswith("cannot read")
     with pytest.raises(ValueError, match=r"spec\.model"):
         load_rljob(path)
+
+
+def test_validate_takes_the_document_as_the_api_server_stores_it() -> None:
+    """Nulls dropped (then defaulted), integral floats in integer fields, a name from generateName."""
+    from kuberl_operator.api.validate import as_stored
+
+    doc = minimal_job(checkpoint=None, rollout={"minReplicas": 1.0, "maxReplicas": 2})
+    doc["spec"]["task"]["promptsPerStep"] = 32.0
+    doc["metadata"] = {"generateName": "quick-"}
+    assert validate_document(doc) == []
+    stored = as_stored(doc)
+    assert "checkpoint" not in stored["spec"] and stored["spec"]["task"]["promptsPerStep"] == 32
+    assert isinstance(stored["spec"]["rollout"]["minReplicas"], int)
+    assert stored["metadata"]["name"].startswith("quick-") and doc["metadata"] == {"generateName": "quick-"}
+    # not integral, a string, or a null that is required: still refused, at the field
+    doc = minimal_job()
+    doc["spec"]["task"]["promptsPerStep"] = 32.5
+    assert [p.path for p in validate_document(doc)] == ["spec.task.promptsPerStep"]
+    doc["spec"]["task"] = {"dataset": {"builtin": "arithmetic"}, "reward": None}
+    assert [str(p) for p in validate_document(doc)] == ["spec.task.reward: required field is missing"]
