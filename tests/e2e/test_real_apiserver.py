@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -104,6 +105,28 @@ def test_generated_and_chart_crds_are_accepted_established_and_structural(setup:
     status = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert status.get("Established") == "True" and status.get("NamesAccepted") == "True", status
     assert "NonStructuralSchema" not in status, crd["status"]["conditions"]
+
+
+def test_the_readmes_cluster_steps_run_as_written(setup: Setup) -> None:
+    """The README's "On a cluster" block, run by bash with the venv's kubectl and helm (its namespaces renamed so
+    that they are new here); docs/install.md shows the same render-and-apply steps."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## On a cluster", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    install = (ROOT / "docs" / "install.md").read_text()
+    assert "helm template kuberl charts/kuberl --namespace kuberl-system | kubectl apply -f -" in block
+    assert "helm template kuberl charts/kuberl --namespace kuberl-system | kubectl apply -f -" in install
+    script = (
+        block.replace("kuberl-system", "readme-system")
+        .replace(" rl\n", " readme-rl\n")
+        .replace("-n rl ", "-n readme-rl ")
+    )
+    env = {**os.environ, "KUBECONFIG": str(setup.plane.kubeconfig)}
+    env["PATH"] = f"{Path(_kuberl()).parent}:{env['PATH']}"
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{script}\n{done.stdout}{done.stderr}"
+    assert done.stdout.splitlines()[-2].split() == ["NAME", "STEP", "ROLLOUTS", "TRAINERS", "BUDGET", "STATUS", "AGE"]
+    assert done.stdout.splitlines()[-1].startswith("quickstart ")
+    kubectl(setup.plane.kubeconfig, "delete", "namespace", "readme-rl", "readme-system", "--wait=false")
 
 
 def test_every_chart_object_exists_after_helm_template_and_kubectl_apply(setup: Setup) -> None:
