@@ -1,4 +1,4 @@
-"""The `kuberl` command line: crd, validate, explain, run, operator."""
+"""The `kuberl` command line: crd, validate, explain, run, export, operator."""
 
 from __future__ import annotations
 
@@ -45,10 +45,9 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import time
-
     from kuberl_operator.api.validate import load_rljob
     from kuberl_operator.launcher.run import LocalRun
+    from kuberl_operator.launcher.rundir import new_run_dir
 
     if args.resume and not args.run_dir:
         print("error: --resume needs --run-dir (the directory of the run to continue)", file=sys.stderr)
@@ -58,8 +57,20 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(error, file=sys.stderr)
         return 1
-    run_dir = Path(args.run_dir or f"runs/{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), job.metadata.name)
     return LocalRun(job, run_dir, resume=args.resume).run()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kuberl_operator.launcher.export import ExportError, export
+
+    try:
+        out = export(Path(args.source), Path(args.out), args.step)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{out}: a Hugging Face model (AutoModelForCausalLM/AutoTokenizer.from_pretrained, vllm serve)")
+    return 0
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -86,8 +97,18 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kuberl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kuberl", description="Kubernetes-native elastic RL for LLM post-training.")
+    top.add_argument("--version", action="version", version=f"kuberl {_version()}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crd = sub.add_parser("crd", help="print the RLJob CustomResourceDefinition")
@@ -106,9 +127,19 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an RLJob on this machine as local processes (no cluster)")
     run.add_argument("file", metavar="FILE")
-    run.add_argument("--run-dir", help="where config, logs, checkpoints and metrics go (default runs/NAME-TIME)")
+    run.add_argument(
+        "--run-dir",
+        help="where config, logs, checkpoints and metrics go: a new or empty directory, or with --resume a run of "
+        "this job (default: a new runs/NAME-TIME)",
+    )
     run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     run.set_defaults(func=_run)
+
+    export = sub.add_parser("export", help="copy a trained policy out of a run as a Hugging Face model directory")
+    export.add_argument("source", metavar="RUN_DIR", help="a `kuberl run` directory, or a job's checkpoint directory")
+    export.add_argument("out", metavar="OUT", help="the new model directory (must not exist, or be empty)")
+    export.add_argument("--step", type=int, help="the policy version (training step) to export; default: the newest")
+    export.set_defaults(func=_export)
 
     operator = sub.add_parser("operator", help="run the kopf operator that reconciles RLJobs in a cluster")
     operator.add_argument("--standalone", action="store_true", help="one replica, no peering")

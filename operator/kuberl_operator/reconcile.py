@@ -75,7 +75,13 @@ def _annotation(body: dict[str, Any], key: str) -> dict[str, Any]:
 def desired_rollouts(job: RLJob, body: dict[str, Any]) -> int:
     rollout = job.spec.rollout
     raw = (body["metadata"].get("annotations") or {}).get(SCALE_ANNOTATION, "")
-    wanted = rollout.replicas if rollout.replicas is not None else int(raw) if raw.isdigit() else rollout.minReplicas
+    wanted = (
+        rollout.replicas
+        if rollout.replicas is not None
+        else int(raw)
+        if (raw.isascii() and raw.isdigit())
+        else rollout.minReplicas
+    )
     return min(max(wanted, rollout.minReplicas), rollout.maxReplicas)
 
 

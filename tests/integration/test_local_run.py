@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -113,6 +114,30 @@ def test_kills_are_survived_and_every_prompt_trained_once(tmp_path: Path) -> Non
     assert_every_prompt_trained_once(run_dir / "checkpoints")
     assert (run_dir / "progress.png").stat().st_size > 1000
     assert _processes_of(run_dir) == []
+    assert f"final model  {run_dir}/checkpoints/weights-00000008 (kuberl export {run_dir} OUT)" in output
+    _assert_exported_model_loads(run_dir, tmp_path / "exported")
+
+
+def _assert_exported_model_loads(run_dir: Path, out: Path) -> None:
+    """`kuberl export` gives a directory that transformers loads as it is: model, tokenizer, generation config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "kuberl_operator.cli", "export", str(run_dir), str(out), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert export("--step", "99").returncode == 1  # not published: the error lists what is
+    assert "published steps:" in export("--step", "99").stderr
+    done = export()
+    assert done.returncode == 0, done.stderr
+    model: Any = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    GenerationConfig.from_pretrained(out)
+    ids = tokenizer("12+7=", return_tensors="pt").input_ids
+    generated: Any = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 4
+    again = export()
+    assert again.returncode == 1 and "not an empty directory" in again.stderr  # never overwritten
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT])

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from kuberl_operator.api.crd import crd_yaml
+from kuberl_operator.api.validate import validate_document, validate_file
 from kuberl_operator.cli import main
 from support.specs import minimal_job
 
@@ -69,3 +70,25 @@ def test_console_script_installed() -> None:
     assert done.returncode == 0, done.stderr
     done = subprocess.run([exe, "bogus"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_kubectl_habits_version_duplicate_keys_other_kinds_and_did_you_mean(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as shown:
+        main(["--version"])
+    assert shown.value.code == 0
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("apiVersion: kuberl.io/v1alpha1\nkind: RLJob\nmetadata: {name: a}\nmetadata: {name: b}\nspec: {}\n")
+    assert [str(p) for p in validate_file(dup)] == [
+        f"cannot read: duplicate key 'metadata' (first at line 3)   in \"{dup}\", line 4, column 1"
+    ]
+    other = tmp_path / "other.yaml"
+    other.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n")
+    assert [str(p) for p in validate_file(other)] == [
+        "kind: not an RLJob (kind 'Deployment', apiVersion 'apps/v1'): expected kind 'RLJob', apiVersion "
+        "'kuberl.io/v1alpha1'"
+    ]
+    typo = minimal_job()
+    typo["spec"]["task"]["promptPerStep"] = 3
+    assert [str(p) for p in validate_document(typo)] == [
+        "spec.task.promptPerStep: unknown field; did you mean 'promptsPerStep'?"
+    ]

@@ -69,7 +69,7 @@ def candidates(directory: Path, prefix: str, suffix: str = ".json") -> list[tupl
     found = []
     for path in directory.glob(f"{prefix}-*{suffix}") if directory.is_dir() else []:
         number = path.name[len(prefix) + 1 : len(path.name) - len(suffix)]
-        if number.isdigit():
+        if number.isascii() and number.isdigit():
             found.append((int(number), path))
     return sorted(found, reverse=True)
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
 
 from kuberl_operator.api.podpolicy import POD_TEMPLATE_ERROR
-from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.api.rljob import API_VERSION, KIND, RLJob
 from kuberl_operator.api.rules import RULE_ERROR, rule_problems, transition_problems
 
 
@@ -55,7 +56,7 @@ def problems_of(error: ValidationError, rules: bool = True) -> list[Problem]:
         elif err["type"] == POD_TEMPLATE_ERROR:
             out += [Problem(f"{_join(loc)}.{field}", message) for field, message in err["ctx"]["problems"]]
         elif err["type"] == "extra_forbidden":
-            out.append(Problem(_join(loc), "unknown field"))
+            out.append(Problem(_join(loc), "unknown field" + _did_you_mean(loc)))
         elif err["type"] == "missing":
             out.append(Problem(_join(loc), "required field is missing"))
         else:
@@ -105,10 +106,27 @@ def _normalised(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """`; did you mean 'x'?` when the unknown field at `loc` is close to a field of the model it sits in."""
+    model: Any = RLJob
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            return ""
+        model = next((a for a in (field.annotation, *get_args(field.annotation)) if hasattr(a, "model_fields")), None)
+        if model is None:
+            return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(getattr(model, "model_fields", {})), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def validate_document(doc: Any) -> list[Problem]:
     """Problems of one parsed RLJob document, as the API server stores it (`as_stored`); empty when it is valid."""
     if not isinstance(doc, dict):
         return [Problem("", f"expected an RLJob mapping, got {type(doc).__name__}")]
+    if isinstance(doc.get("kind"), str) and doc["kind"] != KIND:  # another kind of object: one line, not its fields
+        found = f"kind {doc.get('kind')!r}, apiVersion {doc.get('apiVersion')!r}"
+        return [Problem("kind", f"not an RLJob ({found}): expected kind {KIND!r}, apiVersion {API_VERSION!r}")]
     doc = as_stored(doc)
     try:
         RLJob.model_validate(doc)
@@ -125,7 +143,23 @@ def validate_update(old: RLJob, new: RLJob) -> list[Problem]:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `2e-6` as a float, as kubectl's YAML parser does (PyYAML wants `2.0e-6`)."""
+    """SafeLoader that also reads `2e-6` as a float, as kubectl's YAML parser does (PyYAML wants `2.0e-6`), and
+    refuses a key given twice in one mapping (kubectl does too; PyYAML would keep the last silently).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

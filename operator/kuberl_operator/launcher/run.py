@@ -26,6 +26,7 @@ from kuberl_operator.launcher.children import (
     stop_all,
     trainer_host,
 )
+from kuberl_operator.launcher.export import final_model
 from kuberl_operator.launcher.report import (
     TRAINER_STATS,
     Display,
@@ -36,6 +37,7 @@ from kuberl_operator.launcher.report import (
     print_summary,
     summary,
 )
+from kuberl_operator.launcher.rundir import RunDirError, claim
 from kuberl_operator.render import worker_config
 from kuberl_workers.config import (
     ENV_CONFIG,
@@ -96,11 +98,10 @@ class LocalRun:
 
     def prepare(self) -> None:
         ckpt = self.run_dir / "checkpoints"
-        if self.run_dir.exists() and any(ckpt.glob("*")) and not self.resume:
-            raise SystemExit(
-                f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, or "
-                "--run-dir for a fresh one"
-            )
+        try:
+            claim(self.run_dir, self.job.metadata.name, self.resume)
+        except RunDirError as error:
+            raise SystemExit(str(error)) from None
         if self.resume and not any(ckpt.glob("controller-*.json")):
             self.display.message(f"no checkpoint in {ckpt} yet: starting from step 0")
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,7 @@ class LocalRun:
             update={"ports": ports, "limits": Limits(rolloutBatch=64)}
         )
         (self.run_dir / "config.json").write_text(self.cfg.model_dump_json(indent=2))
-        (self.run_dir / "job.yaml").write_text(json.dumps(self.job.dump(), indent=2))
+        (self.run_dir / "rljob.json").write_text(json.dumps(self.job.dump(), indent=2))
         self.env = {
             **os.environ,
             ENV_CONFIG: str(self.run_dir / "config.json"),
@@ -367,7 +368,15 @@ class LocalRun:
             self._write_pids()
         items = summary(self.metrics.rows, time.monotonic() - started, self.restarts)
         picture = plot(self.metrics.rows, self.run_dir / "progress.png")
+        final = final_model(self.run_dir)
+        model = f"{final} (kuberl export {self.run_dir} OUT)" if final else "- (no weights published)"
         print_summary(
-            self.display, [*items, ("metrics", str(self.metrics.path)), ("plot", str(picture) if picture else "-")]
+            self.display,
+            [
+                *items,
+                ("final model", model),
+                ("metrics", str(self.metrics.path)),
+                ("plot", str(picture) if picture else "-"),
+            ],
         )
         return code

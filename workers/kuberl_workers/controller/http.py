@@ -202,7 +202,7 @@ async def demand(request: web.Request) -> web.Response:
 async def batch(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER]
     raw = request.query.get("step", "")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         return _error(400, "query parameter step: expected a non-negative integer")
     found = c.batch(int(raw))
     if found is None:
@@ -235,7 +235,7 @@ async def lost(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     raw = request.query.get("since", "0")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         return _error(400, "query parameter since: expected a non-negative integer")
     since = int(raw)
     return web.json_response([h for h in request.app[CONTROLLER].history if h["step"] >= since])
@@ -243,7 +243,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def samples(request: web.Request) -> web.Response:
     raw = request.query.get("since", "0")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         return _error(400, "query parameter since: expected a non-negative integer")
     return web.json_response(request.app[CONTROLLER].samples.since(int(raw)))
 

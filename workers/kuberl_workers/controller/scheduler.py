@@ -190,7 +190,7 @@ class Scheduler:
 
     def _find_lease(self, lease_id: str, worker: str) -> Rollout | None:
         rollout_id = lease_id.split("-", 1)[0]
-        rollout = self.rollouts.get(int(rollout_id)) if rollout_id.isdigit() else None
+        rollout = self.rollouts.get(int(rollout_id)) if (rollout_id.isascii() and rollout_id.isdigit()) else None
         if rollout is None or rollout.lease is None or rollout.lease.id != lease_id or rollout.lease.worker != worker:
             return None
         return rollout

@@ -147,7 +147,7 @@ def main() -> int:
     if rank == 0 and step > 0:
         # rollout engines may be told to load this version again (after a controller restart): make sure the
         # files exist even if they were pruned since
-        publish_weights(ckpt_dir, step, model, keep=cfg.checkpoint.keep + 1)
+        publish_weights(ckpt_dir, step, model, keep=cfg.checkpoint.keep + 1, source=Path(directory))
 
     beats = Heartbeats(controller, worker, cfg.fault.heartbeatSeconds, stall_seconds=cfg.fault.leaseSeconds)
     beats.start()
@@ -188,7 +188,7 @@ def main() -> int:
         checkpointed = version % cfg.checkpoint.everySteps == 0 or version == cfg.algorithm.steps
         if rank == 0:
             start = time.perf_counter()
-            path, size = publish_weights(ckpt_dir, version, model, keep=cfg.checkpoint.keep + 1)
+            path, size = publish_weights(ckpt_dir, version, model, keep=cfg.checkpoint.keep + 1, source=Path(directory))
             publish_seconds.observe(time.perf_counter() - start)
             gauges["weight_publish_bytes"].set(size)
             if checkpointed:

@@ -33,7 +33,11 @@ def serve(
                     self._send(401, b'{"error": "missing or wrong bearer token"}', "application/json")
                     return
                 version = self.path.removeprefix("/weights/")
-                file = weights_dir / f"weights-{int(version):08d}" / "model.safetensors" if version.isdigit() else None
+                file = (
+                    weights_dir / f"weights-{int(version):08d}" / "model.safetensors"
+                    if (version.isascii() and version.isdigit())
+                    else None
+                )
                 if file is None or not file.is_file():
                     self._send(404, b'{"error": "no such weights version"}', "application/json")
                     return

@@ -15,6 +15,21 @@ from kuberl_workers.trainer.logprobs import unwrap
 
 TRAINER_PREFIX = "trainer"
 WEIGHTS_PREFIX = "weights"
+# What a Hugging Face model directory holds besides the weights and config.json: the tokenizer (with its chat
+# template) and the generation settings. Copied from the source model into every published version, so that each
+# one is a complete model `from_pretrained`, `AutoTokenizer` and `vllm serve` load (`kuberl export` copies one).
+COMPANION_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
 
 
 def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
@@ -62,10 +77,13 @@ def publishable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def publish_weights(directory: Path, version: int, model: nn.Module, keep: int = 3) -> tuple[Path, int]:
+def publish_weights(
+    directory: Path, version: int, model: nn.Module, keep: int = 3, source: Path | None = None
+) -> tuple[Path, int]:
     """Write the policy for the rollout engines: `weights-<version>/` with `model.safetensors` and the model's
-    `config.json` (a directory `from_pretrained` loads, tied weights tied again), renamed into place atomically;
-    the newest `keep` versions are kept. Returns (directory, bytes of tensors).
+    `config.json` (a directory `from_pretrained` loads, tied weights tied again), plus the tokenizer and generation
+    files of `source` (COMPANION_FILES; the model's own generation config where `source` has none), renamed into
+    place atomically; the newest `keep` versions are kept. Returns (directory, bytes of tensors).
     """
     from safetensors.torch import save_file
 
@@ -78,6 +96,12 @@ def publish_weights(directory: Path, version: int, model: nn.Module, keep: int =
     config: Any = getattr(unwrap(model), "config", None)
     if config is not None:
         config.save_pretrained(str(staging))
+    for name in COMPANION_FILES:
+        if source is not None and (source / name).is_file():
+            shutil.copy2(source / name, staging / name)
+    generation: Any = getattr(unwrap(model), "generation_config", None)
+    if generation is not None and not (staging / "generation_config.json").exists():
+        generation.save_pretrained(str(staging))
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
