@@ -286,6 +286,8 @@ def build_pod(
             # vLLM loads for minutes: liveness waits for the engine through a startup probe first
             "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 90},
             "livenessProbe": probe,
+            # a worker that stops on invalid input writes why (kuberl_workers.preflight); else the log's tail
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": {**_security(), **(main.get("securityContext") or {})},
         }
     )

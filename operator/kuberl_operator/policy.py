@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from kuberl_workers.config import EXIT_INVALID_INPUT
+
 Action = Literal["restart_pod", "restart_gang", "restart_controller", "fail"]
 
 # Event reasons (Kubernetes events and launcher log lines).
@@ -16,6 +18,7 @@ POD_RECREATED = "PodRecreated"
 GANG_RESTARTED = "GangRestarted"
 CONTROLLER_RESTARTED = "ControllerRestarted"
 RESTART_LIMIT_EXCEEDED = "RestartLimitExceeded"
+INVALID_INPUT = "InvalidInput"
 NODE_AVOIDED = "NodeAvoided"
 SCALED_UP = "ScaledUp"
 SCALED_DOWN = "ScaledDown"
@@ -46,13 +49,18 @@ def on_failure(
     base: float,
     cap: float,
     what: str = "failed",
+    exit_code: int | None = None,
+    detail: str = "",
 ) -> Restart:
     """What to do when a process or pod of `role` failed (or, `what`, was deleted or evicted).
 
     A rollout worker is recreated alone; any trainer rank takes the whole gang down and back (torch.distributed
     cannot lose a rank); the controller restarts from its checkpoint. The restart that would exceed
-    `max_restarts` (counted over all roles) fails the job instead.
+    `max_restarts` (counted over all roles) fails the job instead, and so does exit code EXIT_INVALID_INPUT (the
+    worker found the job's input invalid: `detail` says why; a restart would find it again).
     """
+    if exit_code == EXIT_INVALID_INPUT:
+        return Restart("fail", 0.0, INVALID_INPUT, f"{name} found the job's input invalid: {detail or 'see its log'}")
     if restarts_so_far >= max_restarts:
         return Restart(
             "fail",

@@ -19,6 +19,7 @@ from kuberl_operator.api.validate import problems_of
 from kuberl_operator.children import adopt, announce_refusals, create_child, delete_pod, event
 from kuberl_operator.children import now as _now
 from kuberl_operator.kube import Kube, path
+from kuberl_operator.pods import phase, role_of, terminated
 from kuberl_operator.settings import Settings
 
 BACKOFF_ANNOTATION = "kuberl.io/recreate-after"
@@ -46,21 +47,11 @@ class Outcome:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
 
-def _role_of(pod: dict[str, Any]) -> tuple[str, int]:
-    labels = pod["metadata"].get("labels") or {}
-    return labels.get(builders.LABEL_ROLE, ""), int(labels.get(builders.LABEL_INDEX, "0"))
-
-
 def _failures(consecutive: dict[str, int], nodes: dict[str, int], resting: set[str]) -> str:
     value: dict[str, Any] = {"consecutive": consecutive, "nodes": nodes}
     if resting:
         value["resting"] = sorted(resting)
     return json.dumps(value, sort_keys=True)
-
-
-def _phase(pod: dict[str, Any]) -> str | None:
-    phase = (pod.get("status") or {}).get("phase")
-    return str(phase) if phase else None
 
 
 def _annotation(body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -161,7 +152,7 @@ async def reconcile(
 
     async def release(pod: dict[str, Any]) -> None:
         """A rollout pod went while the job runs on: its leases go back to the queue now, not at expiry."""
-        if lost is not None and _role_of(pod)[0] == "rollout":
+        if lost is not None and role_of(pod)[0] == "rollout":
             await lost(job, namespace, pod["metadata"]["name"])
 
     async def delete_pods(victims: list[dict[str, Any]], why: str) -> None:
@@ -177,7 +168,7 @@ async def reconcile(
     else:
         await _ensure_shared_children(kube, body, job, outcome, settings)
         ft = job.spec.faultTolerance
-        exited = [p for p in pods if _role_of(p)[0] == "rollout" and _phase(p) == "Succeeded"]
+        exited = [p for p in pods if role_of(p)[0] == "rollout" and phase(p) == "Succeeded"]
         if exited:  # drained for a scale-down, before the pool size came down: a clean exit, not a fault
             pause = policy.backoff(1, ft.restartBackoffSeconds, ft.maxRestartBackoffSeconds)
             for pod in exited:
@@ -189,18 +180,19 @@ async def reconcile(
         faults = [
             (p, "failed")
             for p in pods
-            if _phase(p) == "Failed" or (_phase(p) == "Succeeded" and _role_of(p)[0] == "controller")
+            if phase(p) == "Failed" or (phase(p) == "Succeeded" and role_of(p)[0] == "controller")
         ]
         wanted_now = {("controller", 0), *(("trainer", i) for i in range(desired["trainer"]))}
         wanted_now |= {("rollout", i) for i in range(desired["rollout"])}
-        faults += [(p, "was deleted") for p in gone if _role_of(p) in wanted_now and p not in pods]
+        faults += [(p, "was deleted") for p in gone if role_of(p) in wanted_now and p not in pods]
         for pod, what in faults:
-            role, _ = _role_of(pod)
+            role, _ = role_of(pod)
             pod_id = pod["metadata"]["name"]
             node = (pod.get("spec") or {}).get("nodeName")
             if node and what == "failed":  # a deletion says nothing about the node
                 nodes[node] = nodes.get(node, 0) + 1
             consecutive[pod_id] = consecutive.get(pod_id, 0) + 1
+            code, detail = terminated(pod)
             decision = policy.on_failure(
                 role,
                 pod_id,
@@ -210,10 +202,12 @@ async def reconcile(
                 ft.restartBackoffSeconds,
                 ft.maxRestartBackoffSeconds,
                 what,
+                exit_code=code,
+                detail=detail,
             )
             await event(kube, body, decision.reason, decision.message, warning=True)
             if decision.action == "fail":
-                failed = (c.RESTART_LIMIT_EXCEEDED, decision.message)
+                failed = (decision.reason, decision.message)
                 await delete_pods(pods, "failed-job")
                 pods = []
                 break
@@ -221,7 +215,7 @@ async def reconcile(
             restarts[role] = restarts.get(role, 0) + 1
             victims = [pod] if pod in pods else []
             if decision.action in ("restart_gang", "restart_controller"):
-                victims += [p for p in pods if _role_of(p)[0] == "trainer" and p is not pod]
+                victims += [p for p in pods if role_of(p)[0] == "trainer" and p is not pod]
             for name_ in {pod_id, *(v["metadata"]["name"] for v in victims)}:
                 backoff[name_] = clock() + decision.delay
             outcome.requeue(decision.delay)
@@ -231,7 +225,7 @@ async def reconcile(
             pods = [p for p in pods if p not in victims]
         if not failed:
             wanted = [("controller", 0)] + [("trainer", i) for i in range(desired["trainer"])]
-            present = {_role_of(p) for p in pods}
+            present = {role_of(p) for p in pods}
             # The controller and the trainer ranks restart together however a pod went. Failures and the deletions
             # the watch reported are handled above; a deletion nobody saw (the operator was down) leaves only a
             # missing pod, but the remaining trainers must go too: a new controller restores its last checkpoint,
@@ -241,7 +235,7 @@ async def reconcile(
             stranded = [
                 p
                 for p in pods
-                if _role_of(p)[0] == "trainer"
+                if role_of(p)[0] == "trainer"
                 and not p["metadata"].get("deletionTimestamp")
                 and (p.get("status") or {}).get("phase") != "Succeeded"
             ]
@@ -257,7 +251,7 @@ async def reconcile(
                 outcome.requeue(delay)
                 await delete_pods(stranded, "restart")
                 pods = [p for p in pods if p not in stranded]
-                present = {_role_of(p) for p in pods}
+                present = {role_of(p) for p in pods}
             avoid = policy.avoided_nodes(nodes, ft.nodeFailureThreshold)
             cfg = builders.render_config(job)
             wanted += [("rollout", i) for i in range(desired["rollout"])]
@@ -273,7 +267,7 @@ async def reconcile(
                 resting.discard(pod_id)
                 manifest = adopt(builders.build_pod(job, cfg, role, index, settings.worker_image, avoid), body)
                 await create_child(kube, namespace, "pods", manifest, outcome)
-            extra = [p for p in pods if _role_of(p)[0] == "rollout" and _role_of(p)[1] >= desired["rollout"]]
+            extra = [p for p in pods if role_of(p)[0] == "rollout" and role_of(p)[1] >= desired["rollout"]]
             await delete_pods(extra, "scaled-down")
             pods = [p for p in pods if p not in extra]
             await _roll_rollouts(kube, body, job, pods, desired["rollout"], outcome, delete_pods)
@@ -342,7 +336,7 @@ async def _roll_rollouts(
     pool never drops by more than one; the replaced pod's leases go back to the controller's queue.
     """
     wanted = builders.template_hash(job, "rollout")
-    rollouts = sorted((p for p in pods if _role_of(p)[0] == "rollout"), key=lambda p: _role_of(p)[1])
+    rollouts = sorted((p for p in pods if role_of(p)[0] == "rollout"), key=lambda p: role_of(p)[1])
     stale = [
         p for p in rollouts if (p["metadata"].get("annotations") or {}).get(builders.ANNOTATION_SPEC_HASH) != wanted
     ]

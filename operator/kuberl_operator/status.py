@@ -69,7 +69,7 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
     all_ready = all(ready[r] >= seen.desired[r] for r in ROLES) and seen.desired["trainer"] > 0
     terminal = seen.failed is not None or seen.complete
     if seen.failed:
-        summary = (c.INVALID_SPEC if seen.failed[0] == c.INVALID_SPEC else c.RESTART_LIMIT_EXCEEDED, seen.failed[1])
+        summary = seen.failed
     elif seen.complete:
         summary = (c.SUCCEEDED, f"trained {report.get('step', old.get('step', ''))} steps")
     elif seen.suspended:

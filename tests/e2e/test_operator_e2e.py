@@ -236,3 +236,36 @@ def test_pods_deleted_by_someone_else_are_recovered_and_the_job_completes(
     wait_for(lambda: api.get("rljobs", DELETIONS) is None, "the RLJob deleted", 120, explain)
     for plural in ("configmaps", "secrets", "services"):
         wait_for(partial(api.list, plural, f"kuberl.io/job={DELETIONS}"), f"{plural} collected", 60, explain, gone=True)
+
+
+def test_a_bad_dataset_line_fails_the_job_with_its_file_and_line_not_a_restart_loop(
+    cluster: Cluster, operator: Operator, kubelet: TestKubelet | None
+) -> None:
+    """The controller's preflight finds line 3 bad and exits EXIT_INVALID_INPUT; the kubelet reports the log's tail
+    as the termination message; the operator fails the job at once (InvalidInput), quoting file and line."""
+    if kubelet is None:
+        pytest.skip("writes the dataset into the claim's folder: needs the test kubelet")
+    api, name = cluster.api, "baddata"
+    claim = kubelet.root / "pvc" / "data"
+    claim.mkdir(parents=True, exist_ok=True)
+    rows = ['{"prompt": "1+1", "answer": "2"}', '{"prompt": "2+2", "answer": "4"}', '{"prompt": "3+3"}']
+    (claim / "bad.jsonl").write_text("\n".join(rows) + "\n")
+    job = fault_drill_job(name, 4, model=JOB["spec"]["model"], checkpoint={"volume": "checkpoints"})
+    job["spec"]["task"]["dataset"] = {"volume": "data", "path": "bad.jsonl"}
+    job["metadata"]["namespace"] = api.namespace
+    api.create("rljobs", job)
+
+    def failed() -> dict[str, Any]:
+        status = (api.get("rljobs", name) or {}).get("status") or {}
+        found: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "Failed"), {})
+        return found if found.get("status") == "True" else {}
+
+    def explain() -> str:
+        return f"{api.get('rljobs', name)}\n{kubelet.log_of(f'{name}-controller-0')[-2000:]}"
+
+    condition = wait_for(failed, "Failed/InvalidInput", 120, explain)
+    assert condition["reason"] == "InvalidInput", condition
+    assert "bad.jsonl:3: field 'answer' missing" in condition["message"], condition
+    assert kubelet.started.count(f"{name}-controller-0") == 1  # not restarted
+    assert ("InvalidInput" in api.reasons(name)) and "PodRecreated" not in api.reasons(name)
+    wait_for(lambda: api.list("pods", f"kuberl.io/job={name}") == [], "pods deleted", 60, explain)

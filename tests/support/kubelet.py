@@ -14,6 +14,8 @@ What it stands in for, and how (named so that no one mistakes it for a real node
 - nodes (with `register_nodes`, on a real API server): a Node object per name, Ready, with its Lease in
   kube-node-lease renewed every 10 s, so that the controller-manager neither force-deletes the pods bound to it
   (PodGC) nor taints it unreachable; deleted from the API at stop;
+- termination messages: under `terminationMessagePolicy: FallbackToLogsOnError`, a failed container's message is
+  its log's tail (80 lines, 2 KiB), as a kubelet's fallback (the worker's own /dev/termination-log is not given);
 - graceful deletion: a pod the API server marked for deletion (deletionTimestamp) has its process stopped
   (SIGTERM, then SIGKILL after 10 s), then the deletion is confirmed with gracePeriodSeconds 0, as a kubelet does.
 Not emulated: resource limits, image pulls, init and sidecar containers, terminationGracePeriodSeconds.
@@ -234,6 +236,9 @@ class TestKubelet:
             self.finished[container.uid] = code
             exit_code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as container runtimes
             terminated = {"exitCode": exit_code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}
+            main = pod["spec"]["containers"][0]
+            if code != 0 and main.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                terminated["message"] = _log_tail(container.log)  # the kubelet's fallback: the log's tail
             await self._patch_status(
                 kube,
                 name,
@@ -357,6 +362,15 @@ def _rewrite(text: str, mounts: dict[str, str]) -> str:
         return text
     alternatives = "|".join(re.escape(m) for m in sorted(mounts, key=len, reverse=True))
     return re.sub(rf"(?<![\w/.-])({alternatives})(?=/|\"|$|\s)", lambda m: mounts[m.group(1)], text)
+
+
+def _log_tail(log: Path, lines: int = 80, limit: int = 2048) -> str:
+    """What a kubelet puts in the termination message under FallbackToLogsOnError: the last 80 lines, 2 KiB."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])[-limit:]
 
 
 def _binding(name: str, node: str) -> dict[str, Any]:

@@ -28,6 +28,13 @@ ENV_POD_IP: Final = "POD_IP"
 ENV_WORKER_ID: Final = "KUBERL_WORKER_ID"
 """Stable worker name (the pod name), used for leases and heartbeats."""
 ENV_TRAINER_MASTER: Final = "KUBERL_TRAINER_MASTER"
+# Exit code of a worker that found the job's input invalid (a dataset line, the model directory, lengths): a
+# restart cannot help, so the operator and `kuberl run` fail the job (reason InvalidInput) instead of restarting.
+EXIT_INVALID_INPUT: Final = 3
+# How such a worker logs each problem, so that `kuberl run` and the operator can quote them from its log.
+INVALID_INPUT_MARK: Final = "invalid input: "
+# Where a worker writes why it stopped; Kubernetes shows it as the container's termination message.
+TERMINATION_LOG: Final = "/dev/termination-log"
 """Host of trainer rank 0, the torch.distributed rendezvous (a headless Service name in a cluster)."""
 
 Role = Literal["controller", "trainer", "rollout"]

@@ -21,7 +21,7 @@ CONDITION_TYPES: Final[dict[str, str]] = {
     DEGRADED: "The job runs below its desired shape: a role restarting, rollouts below minReplicas, nodes avoided.",
     SUSPENDED: "spec.suspend is true: pods are deleted, checkpoints and status kept.",
     COMPLETE: "The controller reported the last training step. Terminal.",
-    FAILED: "The job cannot go on (invalid spec, restart limit reached). Terminal.",
+    FAILED: "The job cannot go on (invalid spec, invalid input, restart limit reached). Terminal.",
 }
 
 # Reasons.
@@ -39,6 +39,7 @@ ROLLOUTS_BELOW_MINIMUM: Final = "RolloutsBelowMinimum"
 NODES_AVOIDED: Final = "NodesAvoided"
 HEALTHY: Final = "Healthy"
 CREATE_REFUSED: Final = "CreateRefused"
+INVALID_INPUT: Final = "InvalidInput"
 
 REASONS: Final[dict[str, str]] = {
     PENDING: "Pods are being created or are not yet ready.",
@@ -49,6 +50,9 @@ REASONS: Final[dict[str, str]] = {
     INVALID_SPEC: "The spec failed validation in the operator (for example on a cluster that skipped the CRD's "
     "CEL rules); the message names the field.",
     RESTART_LIMIT_EXCEEDED: "More than faultTolerance.maxRestarts restarts.",
+    INVALID_INPUT: "A worker found the job's input invalid at its start (the model directory, a dataset line with its "
+    "file and line number, lengths beyond the model's context): the message quotes it. Not restarted: a restart "
+    "would find the same input.",
     SCALING_UP: "The rollout pool is growing toward the demand.",
     SCALING_DOWN: "A rollout pod is being drained before removal.",
     STABLE: "The rollout pool matches the demand.",

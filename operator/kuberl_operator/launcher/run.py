@@ -9,6 +9,8 @@ import secrets
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +29,7 @@ from kuberl_operator.launcher.children import (
     trainer_host,
 )
 from kuberl_operator.launcher.export import final_model
+from kuberl_operator.launcher.logs import MARK, invalid_input, last_error
 from kuberl_operator.launcher.report import (
     TRAINER_STATS,
     Display,
@@ -193,9 +196,13 @@ class LocalRun:
             spec.maxRestarts,
             spec.restartBackoffSeconds,
             spec.maxRestartBackoffSeconds,
+            exit_code=code,
+            detail="; ".join(invalid_input(self.run_dir / "logs" / f"{child.name}.log")),
         )
         if decision.action == "fail":
             self.display.message(f"FAILED ({decision.reason}): {decision.message}")
+            if decision.reason != policy.INVALID_INPUT:
+                self.display.message(last_error(self.run_dir / "logs" / f"{child.name}.log", child.name))
             return 1
         self.restarts += 1
         self.display.message(f"{decision.reason}: {decision.message} (exit code {code})")
@@ -294,8 +301,28 @@ class LocalRun:
         for step_first in self.samples.add(records):
             self.display.message(SampleLog.line(step_first))
 
+    def preflight(self) -> list[str]:
+        """The workers' own check of the job's inputs (kuberl_workers.preflight), before any process starts."""
+        done = subprocess.run(
+            [sys.executable, "-m", "kuberl_workers.preflight", str(self.run_dir / "config.json")],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode == 0:
+            return []
+        found = [line.split(MARK, 1)[1] for line in done.stderr.splitlines() if MARK in line]
+        return found or [f"preflight exited with {done.returncode}: {done.stderr.strip()[-2000:]}"]
+
     def run(self) -> int:
         self.prepare()
+        problems = self.preflight()
+        if problems:
+            self.display.message(
+                f"FAILED ({policy.INVALID_INPUT}): nothing was started\n" + "\n".join(f"  {p}" for p in problems)
+            )
+            return 1
         name = self.job.metadata.name
         self.children = [Child("controller", 0, f"{name}-controller-0", CONTROLLER_HOST)]
         self.children += [

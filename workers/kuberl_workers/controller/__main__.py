@@ -14,9 +14,17 @@ def main() -> None:
 
     from kuberl_workers.controller.http import make_app
     from kuberl_workers.controller.service import Controller
+    from kuberl_workers.preflight import fail, problems
 
     cfg = load_config()
-    app = make_app(Controller(cfg), read_token())
+    found = problems(cfg)
+    if found:  # a bad input is the job's end, not a restart: exit EXIT_INVALID_INPUT with the reasons
+        fail(found)
+    try:
+        controller = Controller(cfg)
+    except ValueError as error:  # what the preflight cannot foresee (a prompt the chat template refuses, ...)
+        fail([str(error)])
+    app = make_app(controller, read_token())
     host = os.environ.get(ENV_POD_IP, "0.0.0.0")
     web.run_app(app, host=host, port=cfg.ports.controller, access_log=None, print=None)
 

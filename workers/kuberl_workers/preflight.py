@@ -1,0 +1,104 @@
+"""The job's inputs checked before anything runs: the model directory, the dataset, the reward and the lengths.
+
+`python -m kuberl_workers.preflight [CONFIG]` prints every problem (field, file and line) and exits with
+EXIT_INVALID_INPUT (3) when there is one; `kuberl run` runs it before starting any worker and the controller at its
+start, so that a bad input fails the job with its reason instead of a restart loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from kuberl_workers.config import (
+    EXIT_INVALID_INPUT,
+    INVALID_INPUT_MARK,
+    TERMINATION_LOG,
+    WorkerConfig,
+    load_config,
+)
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def problems(cfg: WorkerConfig) -> list[str]:
+    """Every problem with the job's inputs, each naming the spec field and the file; [] when all is well."""
+    return _model_problems(cfg) + _dataset_problems(cfg) + _reward_problems(cfg)
+
+
+def _model_problems(cfg: WorkerConfig) -> list[str]:
+    if not cfg.model.path:  # a built-in model is built by the workers themselves
+        return []
+    folder = Path(cfg.model.path)
+    if not folder.is_dir():
+        return [f"model.path: {folder}: no such directory"]
+    out = []
+    if not (folder / "config.json").is_file():
+        out.append(f"model.path: {folder}: no config.json (not a Hugging Face model directory)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        out.append(f"model.path: {folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    if not any(folder.glob("*.safetensors")):
+        out.append(f"model.path: {folder}: no *.safetensors weights")
+    try:
+        config = json.loads((folder / "config.json").read_text()) if not out else {}
+    except (OSError, ValueError) as error:
+        return [f"model.path: {folder / 'config.json'}: unreadable ({error})"]
+    context = config.get("max_position_embeddings")
+    needed = cfg.task.maxPromptTokens + cfg.task.maxNewTokens
+    if isinstance(context, int) and needed > context:
+        out.append(
+            f"task.maxPromptTokens + task.maxNewTokens = {needed} exceeds the model's context of {context} tokens "
+            f"(max_position_embeddings in {folder / 'config.json'})"
+        )
+    return out
+
+
+def _dataset_problems(cfg: WorkerConfig) -> list[str]:
+    if not cfg.task.datasetPath:
+        return []
+    from kuberl_workers.controller.dataset import read_examples
+
+    task = cfg.task
+    try:
+        read_examples(task.datasetPath or "", task.promptField, task.answerField, task.datasetFormat)
+    except FileNotFoundError:
+        return [f"task.dataset.path: {task.datasetPath}: no such file"]
+    except (OSError, ValueError) as error:
+        return [f"task.dataset.path: {error}"]
+    return []
+
+
+def _reward_problems(cfg: WorkerConfig) -> list[str]:
+    from kuberl_workers.controller.rewards import REGISTRY
+
+    if cfg.task.reward not in REGISTRY:
+        return [f"task.reward: {cfg.task.reward!r} is not a reward kind here (known: {', '.join(sorted(REGISTRY))})"]
+    return []
+
+
+def fail(found: list[str]) -> NoReturn:
+    """Log each problem, leave them as the container's termination message, exit EXIT_INVALID_INPUT."""
+    for problem in found:
+        log.error("%s%s", INVALID_INPUT_MARK, problem)
+    message = Path(TERMINATION_LOG)
+    if message.exists():  # the kubelet makes it in a container; elsewhere (kuberl run) the log says it
+        with contextlib.suppress(OSError):
+            message.write_text("\n".join(found)[:4000])
+    sys.exit(EXIT_INVALID_INPUT)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s preflight: %(message)s")
+    cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else None)
+    found = problems(cfg)
+    if found:
+        fail(found)
+
+
+if __name__ == "__main__":
+    main()
