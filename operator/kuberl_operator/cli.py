@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 1
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), job.metadata.name)
-    return LocalRun(job, run_dir, resume=args.resume).run()
+    return LocalRun(job, run_dir, resume=args.resume, source=Path(args.file)).run()
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -155,10 +155,12 @@ def test_interrupt_stops_everything_and_resume_continues(tmp_path: Path, sig: si
         if proc.poll() is None:
             proc.kill()
     assert _processes_of(run_dir) == [], "orphan processes after Ctrl-C"
-    assert "resume with `kuberl run FILE --resume" in log.read_text()
+    assert f"resume with `kuberl run {tmp_path / 'job.yaml'} --resume --run-dir {run_dir}`" in log.read_text()
     before = _steps(run_dir)
     resumed = _start(tmp_path, run_dir, "--resume")
     assert resumed.wait(timeout=300) == 0, log.read_text()[-3000:]
-    after = _steps(run_dir)[len(before) :]
-    assert after and after[0] >= 2 and after[-1] == 8  # continued from the step-2 checkpoint, not from 0
+    assert _steps(run_dir) == list(range(1, 9)), before  # each step once: re-trained steps replaced their rows
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed_at = [r["step"] for r in rows if r.get("afterRestart")]
+    assert len(resumed_at) == 1 and resumed_at[0] <= max(before) + 1 and rows[resumed_at[0] - 1]["stepSeconds"] is None
     assert _processes_of(run_dir) == []

@@ -45,3 +45,18 @@ def test_a_crashed_child_takes_its_process_group_along(tmp_path: Path, role: str
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(helper, signal.SIGKILL)
+
+
+def test_metrics_keep_each_step_once_and_mark_restarts(tmp_path: Path) -> None:
+    from kuberl_operator.launcher.report import MetricsLog, plot
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3, 4):
+        log.add({"step": step, "rewardMean": 0.1 * step, "stepSeconds": 1.0})
+    log.add({"step": 3, "rewardMean": 0.5, "stepSeconds": None, "afterRestart": True})  # restored at 2
+    log.add({"step": 4, "rewardMean": 0.6, "stepSeconds": 1.0})
+    again = MetricsLog(tmp_path / "metrics.jsonl")  # what a resumed run reads
+    assert [r["step"] for r in again.rows] == [1, 2, 3, 4] and again.rows[2]["afterRestart"] is True
+    assert [r["rewardMean"] for r in again.rows][2:] == [0.5, 0.6]
+    picture = plot(again.rows, tmp_path / "progress.png")
+    assert picture is not None and picture.stat().st_size > 1000

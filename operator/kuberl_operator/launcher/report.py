@@ -145,16 +145,26 @@ class SampleLog:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per trained step."""
+    """metrics.jsonl: one JSON object per trained step, each step once. A step trained again (after a restore
+    from a checkpoint) replaces its old row and those after it; the first row after a restart is marked
+    `afterRestart` and has no stepSeconds (the downtime is no step's time).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = []
-        if path.exists():  # a resumed run appends
+        if path.exists():  # a resumed run continues it
             self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def add(self, row: dict[str, Any]) -> None:
         row = {"time": time.time(), **row}
+        if self.rows and self.rows[-1]["step"] >= row["step"]:
+            self.rows = [r for r in self.rows if r["step"] < row["step"]]
+            self.rows.append(row)
+            staging = self.path.with_suffix(".jsonl.tmp")
+            staging.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            staging.replace(self.path)
+            return
         self.rows.append(row)
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -195,6 +205,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     top.set_ylabel("mean reward")
     top.grid(alpha=0.3)
     bottom.bar(steps, [r.get("stepSeconds") or 0 for r in rows], color="tab:orange")
+    for restart in (r["step"] for r in rows if r.get("afterRestart")):  # downtime is marked, not a step's time
+        for axis in (top, bottom):
+            axis.axvline(restart - 0.5, color="tab:red", linestyle="--", linewidth=1)
     bottom.set_ylabel("step time (s)")
     bottom.set_xlabel("training step")
     bottom.grid(alpha=0.3)

@@ -81,8 +81,10 @@ class LocalRun:
         resume: bool = False,
         display: Display | None = None,
         capacity: int | None = None,
+        source: Path | None = None,
     ) -> None:
         self.job = job
+        self.source = source  # the job's file, for the resume hint
         self.run_dir = run_dir.resolve()
         self.resume = resume
         self.display = display or Display()
@@ -93,6 +95,7 @@ class LocalRun:
         self.low_since: float | None = None
         self.last_scale = 0.0
         self.last_step = 0
+        self.restarted = resume  # the next recorded step follows downtime (a resume or a gang restart)
         self.cfg: WorkerConfig
         self.token = ""
         self.env: dict[str, str] = {}
@@ -129,6 +132,8 @@ class LocalRun:
             "PYTHONUNBUFFERED": "1",
         }
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        # a resumed run records from where its metrics end; steps the restored controller trains again lower it
+        self.last_step = int(self.metrics.rows[-1]["step"]) if self.metrics.rows else 0
         self.samples = SampleLog(self.run_dir / "samples.jsonl")
 
     def _threads(self, role: str) -> str:
@@ -213,6 +218,7 @@ class LocalRun:
         else:
             # a trainer rank or the controller: the gang restarts from the last checkpoint (with the controller,
             # so that both resume from the same step)
+            self.restarted = True
             for rank in self._role("trainer"):
                 signal_group(rank, signal.SIGKILL)
                 if rank.proc is not None:
@@ -276,7 +282,7 @@ class LocalRun:
         for entry in entries:
             if "wallPublished" not in entry or entry["step"] <= self.last_step:
                 continue
-            previous = self.metrics.rows[-1]["wallPublished"] if self.metrics.rows else None
+            previous = self.metrics.rows[-1]["wallPublished"] if self.metrics.rows and not self.restarted else None
             self.metrics.add(
                 {
                     "step": entry["step"],
@@ -290,8 +296,10 @@ class LocalRun:
                     "rollouts": sum(1 for c in self._role("rollout") if c.running),
                     "restarts": self.restarts,
                     **{k: entry[k] for k in TRAINER_STATS if k in entry},
+                    **({"afterRestart": True} if self.restarted else {}),
                 }
             )
+            self.restarted = False
             self.last_step = entry["step"]
         self._show_samples()
 
@@ -353,7 +361,7 @@ class LocalRun:
                 if interrupted:
                     self.display.message(
                         "interrupted: stopping every process; resume with "
-                        f"`kuberl run FILE --resume --run-dir {self.run_dir}`"
+                        f"`kuberl run {self.source or 'FILE'} --resume --run-dir {self.run_dir}`"
                     )
                     code = 130
                     break
@@ -376,7 +384,9 @@ class LocalRun:
                         if len(rows) > 1
                         else math.inf
                     )
-                    progress.step, progress.reward = status["policyVersion"], status["rewardMean"]
+                    # the line for step N shows step N's reward: both from the same metrics row
+                    if rows:
+                        progress.step, progress.reward = int(rows[-1]["step"]), float(rows[-1]["rewardMean"])
                     progress.tokens_per_second, progress.budget_fill = status["tokensPerSecond"], status["budgetFill"]
                     progress.ready = sum(1 for c in self._role("rollout") if c.running and not c.draining)
                     progress.desired = int(demand["desiredRolloutReplicas"]) if demand else progress.ready
