@@ -149,6 +149,9 @@ async def test_step_loop_over_http(client: Client, tmp_path: Path) -> None:
     assert (await pub.json())["lastCheckpoint"].endswith("controller-00000001.json")
     history = await (await client.get("/v1/history?since=1", headers=AUTH)).json()
     assert history[0]["loss"] == 0.5 and history[0]["klRef"] == 0.01 and history[0]["completions"] >= 2
+    rollout_side = {"completionTokensMax", "rewardStd", "zeroAdvantageGroups", "policyVersionsSpannedMax"}
+    assert rollout_side | {"oldestPolicyVersion", "rolloutsPurged"} <= set(history[0])
+    assert history[0]["policyVersionsSpannedMax"] >= 1 and history[0]["rolloutsPurged"] >= 0
     bad = await client.post(
         "/v1/trainer/published",
         json={"version": 2, "weightsUri": "u", "stats": {"loss": float("nan")}},

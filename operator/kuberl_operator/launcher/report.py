@@ -89,9 +89,16 @@ class Display:
 
 
 TRAINER_STATS = (
+    "groups",
     "completions",
     "completionTokensMean",
+    "completionTokensMax",
     "truncatedFraction",
+    "rewardStd",
+    "zeroAdvantageGroups",
+    "policyVersionsSpannedMax",
+    "oldestPolicyVersion",
+    "rolloutsPurged",
     "loss",
     "gradNorm",
     "klRef",
@@ -102,7 +109,8 @@ TRAINER_STATS = (
     "microBatches",
     "updates",
 )
-"""Per-step fields of the controller's history copied into metrics.jsonl when present."""
+"""Per-step fields of the controller's history (rollout side: controller/service.py; trainer side: its stats)
+copied into metrics.jsonl when present."""
 
 
 class SampleLog:

@@ -66,6 +66,7 @@ class Controller:
         self.peers: dict[str, Peer] = {}
         self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
         self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
+        self._purged_recorded = 0  # scheduler.counters.rollouts_purged at the last history entry
         self.samples = SampleLog()
         self.last_checkpoint = ""
         self.last_reward_mean = 0.0
@@ -225,6 +226,7 @@ class Controller:
         lengths = [len(r["outputIds"]) for g in batch.groups for r in g["rollouts"]]
         self.history.append(
             {
+                **self._rollout_stats(batch),
                 "step": batch.step + 1,
                 "rewardMean": self.last_reward_mean,
                 "groups": len(batch.groups),
@@ -241,6 +243,24 @@ class Controller:
         )
         del self.history[:-10000]
         return batch
+
+    def _rollout_stats(self, batch: Batch) -> dict[str, Any]:
+        """Per-step rollout statistics for metrics.jsonl: lengths, rewards, groups without signal, how many policy
+        versions a rollout spans (C3PO++), the oldest version in the batch, rollouts purged since the last step.
+        """
+        rollouts = [r for g in batch.groups for r in g["rollouts"]]
+        versions = [r["versions"] for r in rollouts if r["versions"]]
+        purged = self.scheduler.counters.rollouts_purged
+        stats = {
+            "completionTokensMax": max((len(r["outputIds"]) for r in rollouts), default=0),
+            "rewardStd": statistics.pstdev([r["reward"] for r in rollouts]) if rollouts else 0.0,
+            "zeroAdvantageGroups": sum(1 for g in batch.groups if len({r["reward"] for r in g["rollouts"]}) == 1),
+            "policyVersionsSpannedMax": max((len(set(v)) for v in versions), default=0),
+            "oldestPolicyVersion": min((min(v) for v in versions), default=batch.step),
+            "rolloutsPurged": purged - self._purged_recorded,
+        }
+        self._purged_recorded = purged
+        return stats
 
     def batch(self, step: int) -> Batch | None:
         """The batch of `step` if it is closed (or kept for replay); None while it is still being generated."""
