@@ -1,4 +1,4 @@
-"""The `kuberl` command line: crd, validate, explain, run, export, operator."""
+"""The `kuberl` command line: crd, validate, explain, run, template, export, operator."""
 
 from __future__ import annotations
 
@@ -15,12 +15,20 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _files(args: argparse.Namespace) -> list[str]:
+    """The job files of a command: positional and `-f/--filename` (kubectl's spelling); `-` is standard input."""
+    names = [*(getattr(args, "files", None) or []), *(args.filename or [])]
+    if not names:
+        raise SystemExit(f"kuberl {args.command}: no job file (give FILE, -f FILE, or - for standard input)")
+    return names
+
+
 def _validate(args: argparse.Namespace) -> int:
     from kuberl_operator.api.validate import validate_file
 
     failed = False
-    for name in args.files:
-        problems = validate_file(Path(name))
+    for name in _files(args):
+        problems = validate_file(Path(name), args.set or ())
         for problem in problems:
             print(f"{name}: {problem}", file=sys.stderr)
         if problems:
@@ -52,13 +60,46 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and not args.run_dir:
         print("error: --resume needs --run-dir (the directory of the run to continue)", file=sys.stderr)
         return 2
+    names = _files(args)
+    if len(names) != 1:
+        print(f"error: kuberl run takes one job file (got {len(names)})", file=sys.stderr)
+        return 2
     try:
-        job = load_rljob(Path(args.file))
+        job = load_rljob(Path(names[0]), args.set or ())
     except ValueError as error:
         print(error, file=sys.stderr)
         return 1
+    if args.dry_run:
+        from kuberl_operator.render import worker_config
+
+        print(worker_config(job, "<run dir>/checkpoints").model_dump_json(indent=2))
+        return 0
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), job.metadata.name)
-    return LocalRun(job, run_dir, resume=args.resume, source=Path(args.file)).run()
+    source = None if names[0] == "-" else Path(names[0])
+    return LocalRun(job, run_dir, resume=args.resume, source=source).run()
+
+
+def _template(args: argparse.Namespace) -> int:
+    import yaml
+
+    from kuberl_operator import builders
+    from kuberl_operator.api.validate import load_rljob
+
+    names = _files(args)
+    try:
+        jobs = [load_rljob(Path(name), args.set or ()) for name in names]
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
+    for job in jobs:
+        cfg = builders.render_config(job)
+        manifests = [builders.build_config_map(job, cfg), builders.build_secret(job, "<random, made by the operator>")]
+        manifests += builders.build_services(job, cfg)
+        roles = [("controller", 1), ("trainer", job.spec.trainer.replicas), ("rollout", job.spec.rollout.minReplicas)]
+        image = args.worker_image or builders.DEFAULT_WORKER_IMAGE
+        manifests += [builders.build_pod(job, cfg, role, i, image) for role, n in roles for i in range(n)]
+        sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -106,6 +147,15 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _job_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-f", "--filename", action="append", metavar="FILE", help="a job file (repeatable), as kubectl"
+    )
+    command.add_argument(
+        "--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. spec.task.promptsPerStep=16"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kuberl", description="Kubernetes-native elastic RL for LLM post-training.")
     top.add_argument("--version", action="version", version=f"kuberl {_version()}")
@@ -115,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
     crd.set_defaults(func=_crd)
 
     validate = sub.add_parser("validate", help="check RLJob YAML files; print each problem with its field path")
-    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("files", nargs="*", metavar="FILE", help="job files; - reads standard input")
+    _job_options(validate)
     validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     validate.set_defaults(func=_validate)
 
@@ -126,7 +177,9 @@ def parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=_explain)
 
     run = sub.add_parser("run", help="run an RLJob on this machine as local processes (no cluster)")
-    run.add_argument("file", metavar="FILE")
+    run.add_argument("files", nargs="?", metavar="FILE", type=lambda x: [x], help="the job file; - reads stdin")
+    _job_options(run)
+    run.add_argument("--dry-run", action="store_true", help="print the rendered worker config and start nothing")
     run.add_argument(
         "--run-dir",
         help="where config, logs, checkpoints and metrics go: a new or empty directory, or with --resume a run of "
@@ -134,6 +187,14 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     run.set_defaults(func=_run)
+
+    template = sub.add_parser(
+        "template", help="print the objects the operator would create for a job (ConfigMap, Secret, Services, pods)"
+    )
+    template.add_argument("files", nargs="*", metavar="FILE", help="job files; - reads standard input")
+    _job_options(template)
+    template.add_argument("--worker-image", help="the operator's worker image (default: kuberl's release image)")
+    template.set_defaults(func=_template)
 
     export = sub.add_parser("export", help="copy a trained policy out of a run as a Hugging Face model directory")
     export.add_argument("source", metavar="RUN_DIR", help="a `kuberl run` directory, or a job's checkpoint directory")

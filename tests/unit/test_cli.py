@@ -92,3 +92,25 @@ def test_kubectl_habits_version_duplicate_keys_other_kinds_and_did_you_mean(tmp_
     assert [str(p) for p in validate_document(typo)] == [
         "spec.task.promptPerStep: unknown field; did you mean 'promptsPerStep'?"
     ]
+
+
+def test_stdin_filename_set_dry_run_and_template(tmp_path: Path) -> None:
+    quickstart = str(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml")
+    cli = [sys.executable, "-m", "kuberl_operator.cli"]
+
+    def kuberl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], input=stdin, capture_output=True, text=True, timeout=120)
+
+    text = Path(quickstart).read_text()
+    assert kuberl("validate", "-", stdin=text).stdout == "-: valid\n"
+    refused = kuberl("validate", "-f", quickstart, "--set", "spec.task.promptsPerStep=0")
+    assert refused.returncode == 1 and "spec.task.promptsPerStep: input should be greater" in refused.stderr
+    assert "--set 'oops'" in kuberl("validate", quickstart, "--set", "oops").stderr
+    rendered = kuberl("run", "-", "--dry-run", "--set", "spec.seed=7", "--set", "spec.task.temperature=0.5", stdin=text)
+    config = yaml.safe_load(rendered.stdout)
+    assert rendered.returncode == 0 and config["seed"] == 7 and config["task"]["temperature"] == 0.5
+    objects = list(yaml.safe_load_all(kuberl("template", quickstart, "--worker-image", "img:1").stdout))
+    kinds = [o["kind"] for o in objects]
+    assert kinds == ["ConfigMap", "Secret", "Service", "Service", "Pod", "Pod", "Pod"], kinds
+    assert {o["spec"]["containers"][0]["image"] for o in objects if o["kind"] == "Pod"} == {"img:1"}
+    assert kuberl("validate").returncode != 0 and "no job file" in kuberl("validate").stderr

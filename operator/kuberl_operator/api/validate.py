@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,17 +171,49 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_documents(path: Path) -> list[Any]:
-    """The YAML documents of a file, empty ones dropped."""
-    with path.open(encoding="utf-8") as handle:
-        return [doc for doc in yaml.load_all(handle, Loader=_Loader) if doc is not None]
+STDIN = Path("-")  # `kuberl validate -` and `kuberl run -`: the document comes from standard input
 
 
-def validate_file(path: Path) -> list[Problem]:
+def with_overrides(doc: Any, overrides: Iterable[str]) -> Any:
+    """`doc` with `--set path=value` overrides applied (dotted paths as in the error messages; values parsed as
+    YAML: `--set spec.task.promptsPerStep=16`, `--set spec.suspend=true`). ValueError on a malformed one.
+    """
+    if not overrides:
+        return doc
+    if not isinstance(doc, dict):
+        raise ValueError("--set: the document is not a mapping")
+    doc = copy.deepcopy(doc)
+    for override in overrides:
+        where, sep, raw = override.partition("=")
+        if not sep or not where or any(not part for part in where.split(".")):
+            raise ValueError(f"--set {override!r}: expected dotted.path=value, e.g. spec.task.promptsPerStep=16")
+        *parents, last = where.split(".")
+        node = doc
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {override!r}: {part} is not a mapping")
+            node = child
+        node[last] = yaml.load(raw, Loader=_Loader) if raw else ""
+    return doc
+
+
+def load_documents(path: Path, overrides: Iterable[str] = ()) -> list[Any]:
+    """The YAML documents of a file (STDIN: standard input), empty ones dropped, overrides applied to each."""
+    if path == STDIN:
+        docs = list(yaml.load_all(sys.stdin.read(), Loader=_Loader))
+    else:
+        with path.open(encoding="utf-8") as handle:
+            docs = list(yaml.load_all(handle, Loader=_Loader))
+    overrides = list(overrides)
+    return [with_overrides(doc, overrides) for doc in docs if doc is not None]
+
+
+def validate_file(path: Path, overrides: Iterable[str] = ()) -> list[Problem]:
     """Problems of every document in a YAML file; document index in the path when there are several."""
     try:
-        docs = load_documents(path)
-    except (OSError, yaml.YAMLError) as error:
+        docs = load_documents(path, overrides)
+    except (OSError, yaml.YAMLError, ValueError) as error:
         return [Problem("", f"cannot read: {error}".replace("\n", " "))]
     if not docs:
         return [Problem("", "no YAML documents")]
@@ -190,12 +224,16 @@ def validate_file(path: Path) -> list[Problem]:
     return out
 
 
-def load_rljob(path: Path) -> RLJob:
-    """The single RLJob in a file; ValueError listing every problem otherwise."""
-    problems = validate_file(path)
-    if problems:
-        raise ValueError("\n".join(f"{path}: {p}" for p in problems))
-    docs = load_documents(path)
+def load_rljob(path: Path, overrides: Iterable[str] = ()) -> RLJob:
+    """The single RLJob in a file (STDIN: standard input, read once); ValueError listing every problem otherwise."""
+    label = "<stdin>" if path == STDIN else str(path)
+    try:
+        docs = load_documents(path, overrides)
+    except (OSError, yaml.YAMLError, ValueError) as error:
+        raise ValueError(f"{label}: cannot read: {error}".replace("\n", " ")) from None
     if len(docs) != 1:
-        raise ValueError(f"{path}: expected one RLJob document, found {len(docs)}")
+        raise ValueError(f"{label}: expected one RLJob document, found {len(docs)}")
+    problems = validate_document(docs[0])
+    if problems:
+        raise ValueError("\n".join(f"{label}: {p}" for p in problems))
     return RLJob.model_validate(as_stored(docs[0]))
