@@ -128,8 +128,9 @@ class TaskSpec(ApiModel):
     """System message put before each string prompt (chat format only; rows that are message lists keep
     their own)."""
     promptsPerStep: int = Field(8, ge=1, le=65536)
-    """Prompts started per training step. Under C3PO++ a step closes at the token budget, so the GRPO batch is
-    the groups finished by then (about promptsPerStep x samplesPerPrompt completions, not exactly)."""
+    """Prompts started per training step. Not the batch size: under C3PO++ a step closes when its token budget
+    (`c3po.tokenBudget`) is filled, so the GRPO batch is the whole groups finished by then, which may hold more or
+    fewer than promptsPerStep x samplesPerPrompt completions (metrics.jsonl's `completions` says how many)."""
     samplesPerPrompt: int = Field(4, ge=2, le=1024)
     """GRPO group size G: completions sampled per prompt; advantages are normalised within a group."""
     maxPromptTokens: int = Field(256, ge=1, le=131072)
@@ -347,8 +348,10 @@ class RLJobSpec(ApiModel):
     """Worker image for all roles; unset uses the operator's configured worker image. A role's template can
     still override its container image."""
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    """Seed for sampling, initialisation and built-in task generation: the same seed gives the same schedule. A
-    file dataset is read in file order whatever the seed (shuffle the file to change it)."""
+    """Seed for sampling, initialisation and built-in task generation. It fixes each request's sampling and the
+    built-in task's prompts, not the run: which rollouts finish before a step's token budget closes depends on
+    timing, so two runs with one seed diverge after a few steps (as with any asynchronous RL system). A file
+    dataset is read in file order whatever the seed (shuffle the file to change it)."""
     suspend: bool = False
     """Delete the job's pods but keep checkpoints and status; setting it back to false resumes."""
 
