@@ -28,7 +28,9 @@ def _validate(args: argparse.Namespace) -> int:
 
     failed = False
     for name in _files(args):
-        problems = validate_file(Path(name), args.set or ())
+        problems: list[object] = list(validate_file(Path(name), args.set or ()))
+        if not problems and args.local:
+            problems = list(_preflight(Path(name), args.set or ()))
         for problem in problems:
             print(f"{name}: {problem}", file=sys.stderr)
         if problems:
@@ -36,6 +38,28 @@ def _validate(args: argparse.Namespace) -> int:
         elif not args.quiet:
             print(f"{name}: valid")
     return 1 if failed else 0
+
+
+def _preflight(path: Path, overrides: Sequence[str]) -> list[str]:
+    """The workers' own check of the job's files as `kuberl run` would see them (kuberl_workers.preflight)."""
+    import json
+    import subprocess
+    import tempfile
+
+    from kuberl_operator.api.validate import load_rljob
+    from kuberl_operator.launcher.logs import marked
+    from kuberl_operator.render import worker_config
+
+    job = load_rljob(path, overrides)
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "config.json"
+        config.write_text(worker_config(job, str(Path(folder) / "checkpoints")).model_dump_json())
+        done = subprocess.run(
+            [sys.executable, "-m", "kuberl_workers.preflight", str(config)], capture_output=True, text=True, timeout=600
+        )
+    if done.returncode == 0:
+        return []
+    return marked(done.stderr.splitlines()) or [f"preflight failed: {json.dumps(done.stderr[-1000:])}"]
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -168,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="*", metavar="FILE", help="job files; - reads standard input")
     _job_options(validate)
     validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    validate.add_argument(
+        "--local",
+        action="store_true",
+        help="also check the model directory, dataset and reward as `kuberl run` on this machine would see them",
+    )
     validate.set_defaults(func=_validate)
 
     explain = sub.add_parser("explain", help="document an RLJob field, like `kubectl explain`")

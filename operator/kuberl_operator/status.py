@@ -179,6 +179,7 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
         ("budgetFill", "budgetFill"),
         ("tokensPerSecond", "tokensPerSecond"),
         ("lastCheckpoint", "lastCheckpoint"),
+        ("latestModel", "latestModel"),
     ):
         value = report.get(source, old.get(key))
         if value not in (None, ""):

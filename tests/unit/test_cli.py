@@ -114,3 +114,17 @@ def test_stdin_filename_set_dry_run_and_template(tmp_path: Path) -> None:
     assert kinds == ["ConfigMap", "Secret", "Service", "Service", "Pod", "Pod", "Pod"], kinds
     assert {o["spec"]["containers"][0]["image"] for o in objects if o["kind"] == "Pod"} == {"img:1"}
     assert kuberl("validate").returncode != 0 and "no job file" in kuberl("validate").stderr
+
+
+def test_validate_local_checks_the_files_as_kuberl_run_would(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "3+3"}\n')
+    job = minimal_job(task={"dataset": {"path": str(data)}, "reward": "numeric"})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["validate", str(path)]) == 0  # the spec alone is valid
+    done = subprocess.run(
+        [sys.executable, "-m", "kuberl_operator.cli", "validate", "--local", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert f"{path}: task.dataset.path: {data}:2: field 'answer' missing" in done.stderr

@@ -77,6 +77,10 @@ class RLJobStatus(ApiModel):
     """Rollout tokens per second across the pool (moving average)."""
     lastCheckpoint: str | None = None
     """Path of the newest complete checkpoint."""
+    latestModel: str | None = None
+    """The newest published policy (`file://` URI as the pods mount the checkpoint volume): a complete Hugging Face
+    model directory (weights, config, tokenizer, generation config). Once the job is Complete, the trained model:
+    `kuberl export <the claim's folder> OUT` copies it."""
     avoidedNodes: list[str] = Field(default_factory=list)
     """Nodes the job's new pods avoid after repeated failures."""
     startTime: str | None = _timestamp()

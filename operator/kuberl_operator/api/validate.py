@@ -215,6 +215,10 @@ def validate_file(path: Path, overrides: Iterable[str] = ()) -> list[Problem]:
         docs = load_documents(path, overrides)
     except (OSError, yaml.YAMLError, ValueError) as error:
         return [Problem("", f"cannot read: {error}".replace("\n", " "))]
+    return _validate_all(docs)
+
+
+def _validate_all(docs: list[Any]) -> list[Problem]:
     if not docs:
         return [Problem("", "no YAML documents")]
     out: list[Problem] = []
@@ -225,15 +229,17 @@ def validate_file(path: Path, overrides: Iterable[str] = ()) -> list[Problem]:
 
 
 def load_rljob(path: Path, overrides: Iterable[str] = ()) -> RLJob:
-    """The single RLJob in a file (STDIN: standard input, read once); ValueError listing every problem otherwise."""
+    """The single RLJob in a file (STDIN: standard input, read once); ValueError listing every problem, as
+    `kuberl validate` reports them, otherwise.
+    """
     label = "<stdin>" if path == STDIN else str(path)
     try:
         docs = load_documents(path, overrides)
     except (OSError, yaml.YAMLError, ValueError) as error:
         raise ValueError(f"{label}: cannot read: {error}".replace("\n", " ")) from None
-    if len(docs) != 1:
-        raise ValueError(f"{label}: expected one RLJob document, found {len(docs)}")
-    problems = validate_document(docs[0])
+    problems = [str(p) for p in _validate_all(docs)]
+    if len(docs) > 1:
+        problems.append(f"expected one RLJob document, found {len(docs)} (kuberl run takes one job per file)")
     if problems:
         raise ValueError("\n".join(f"{label}: {p}" for p in problems))
     return RLJob.model_validate(as_stored(docs[0]))

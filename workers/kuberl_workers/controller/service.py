@@ -327,6 +327,7 @@ class Controller:
             "budgetFill": s.budget_fill(),
             "tokensPerSecond": self.pool_tokens_per_second(),
             "lastCheckpoint": self.last_checkpoint,
+            "latestModel": self.weights_uri,
             "rewardMean": self.last_reward_mean,
             "workers": {w: {"role": p.role, "version": p.version} for w, p in sorted(self.peers.items())},
             "doneLog": len(s.done),
