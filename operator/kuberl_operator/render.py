@@ -9,6 +9,7 @@ from kuberl_workers.config import (
     CheckpointConfig,
     FaultConfig,
     ModelConfig,
+    ReportingConfig,
     ScaleConfig,
     TaskConfig,
     TrainerConfig,
@@ -83,6 +84,7 @@ def worker_config(
             leaseSeconds=spec.faultTolerance.leaseSeconds,
             heartbeatSeconds=spec.faultTolerance.heartbeatSeconds,
         ),
+        reporting=ReportingConfig(tensorboard=spec.reporting.tensorboard),
         checkpoint=CheckpointConfig(
             dir=checkpoint_dir,
             everySteps=spec.checkpoint.everySteps,

@@ -18,8 +18,10 @@ import yaml
 from support.ledger import assert_every_prompt_trained_once
 from support.net import http_get
 from support.specs import fault_drill_job
+from support.tfevents import scalars
 
 JOB = fault_drill_job("faults", 8, model={"builtin": "tiny", "dtype": "float32"}, checkpoint={})
+JOB["spec"]["reporting"] = {"tensorboard": True}
 
 
 def _start(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -115,6 +117,8 @@ def test_kills_are_survived_and_every_prompt_trained_once(tmp_path: Path) -> Non
     assert (run_dir / "progress.png").stat().st_size > 1000
     assert _processes_of(run_dir) == []
     assert f"final model  {run_dir}/checkpoints/weights-00000008 (kuberl export {run_dir} OUT)" in output
+    board = scalars(run_dir / "checkpoints" / "tensorboard")  # the controller's event files, across restarts
+    assert set(board["rollout/rewardMean"]) == set(range(1, 9)) and set(board["train/loss"]) == set(range(1, 9))
     _assert_exported_model_loads(run_dir, tmp_path / "exported")
 
 

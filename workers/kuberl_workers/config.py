@@ -120,6 +120,11 @@ class CheckpointConfig(_Contract):
     shared: bool = True
 
 
+class ReportingConfig(_Contract):
+    # TensorBoard event files of each step's statistics, written by the controller to <checkpoint dir>/tensorboard
+    tensorboard: bool = False
+
+
 class Ports(_Contract):
     controller: int = 8000
     rollout: int = 8001
@@ -147,6 +152,7 @@ class WorkerConfig(_Contract):
     c3po: C3POConfig
     scale: ScaleConfig
     trainer: TrainerConfig = TrainerConfig()
+    reporting: ReportingConfig = ReportingConfig()
     fault: FaultConfig
     checkpoint: CheckpointConfig
     ports: Ports = Ports()

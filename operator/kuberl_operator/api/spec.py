@@ -323,6 +323,16 @@ class CheckpointSpec(ApiModel):
     """Newest checkpoints kept; older ones are deleted after a new one is written."""
 
 
+class ReportingSpec(ApiModel):
+    """Where training statistics go besides metrics (Prometheus) and, for `kuberl run`, metrics.jsonl."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files of every step's statistics (reward, lengths, loss, KL, grad norm, IcePop
+    masked fraction, ...) to `<checkpoint directory>/tensorboard/` (the checkpoint volume in a cluster;
+    `<run dir>/checkpoints/tensorboard` for `kuberl run`): `tensorboard --logdir` that folder. MLflow and W&B are
+    not implemented yet."""
+
+
 class RLJobSpec(ApiModel):
     """Desired state of an RL post-training job."""
 
@@ -344,6 +354,8 @@ class RLJobSpec(ApiModel):
     """Restart and lease policy."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Checkpointing."""
+    reporting: ReportingSpec = Field(default_factory=ReportingSpec)
+    """Training statistics for TensorBoard."""
     image: str | None = Field(None, min_length=1, max_length=1024)
     """Worker image for all roles; unset uses the operator's configured worker image. A role's template can
     still override its container image."""

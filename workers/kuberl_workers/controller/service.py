@@ -18,6 +18,7 @@ from kuberl_workers.controller.rewards import REGISTRY, RewardFn, RewardPool
 from kuberl_workers.controller.samples import SampleLog, pick
 from kuberl_workers.controller.scheduler import Batch, Scheduler, SchedulerConfig
 from kuberl_workers.controller.state import Rollout
+from kuberl_workers.controller.tensorboard import StepWriter
 from kuberl_workers.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class Controller:
         self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
         self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
         self._purged_recorded = 0  # scheduler.counters.rollouts_purged at the last history entry
+        self.tensorboard: StepWriter | None = None
+        if cfg.reporting.tensorboard:
+            self.tensorboard = StepWriter(Path(cfg.checkpoint.dir) / "tensorboard")
         self.samples = SampleLog()
         self.last_checkpoint = ""
         self.last_reward_mean = 0.0
@@ -300,6 +304,8 @@ class Controller:
         self.weights_uri = weights_uri
         if self.history and self.history[-1]["step"] == version:
             self.history[-1].update(trainSeconds=train_seconds, wallPublished=time.time(), **(stats or {}))
+            if self.tensorboard is not None:
+                self.tensorboard.write(self.history[-1])
         self.scheduler.weights_published(version)
         self._published_at = now
         self._step_started = now
@@ -334,6 +340,8 @@ class Controller:
         }
 
     async def aclose(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         for task in list(self._pending_rewards):
             task.cancel()
         self.rewards.close()

@@ -1,0 +1,51 @@
+"""TensorBoard event files of each trained step's statistics (spec.reporting.tensorboard), by tensorboardX.
+
+One scalar per numeric field of the controller's per-step history entry (the same fields as `kuberl run`'s
+metrics.jsonl), grouped as `rollout/...`, `train/...` and `time/...`, at global step = the training step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+TIME_FIELDS = {"rolloutSeconds", "trainSeconds"}
+TRAIN_FIELDS = {
+    "loss",
+    "gradNorm",
+    "klRef",
+    "icepopMaskedFraction",
+    "clippedFraction",
+    "logpDiffMean",
+    "logpDiffMax",
+    "microBatches",
+    "updates",
+}
+SKIPPED = {"step", "wallClosed", "wallPublished"}
+
+
+def tag(field: str) -> str:
+    group = "time" if field in TIME_FIELDS else "train" if field in TRAIN_FIELDS else "rollout"
+    return f"{group}/{field}"
+
+
+class StepWriter:
+    """Writes one history entry per call into `folder` (made when needed); flushes after each step."""
+
+    def __init__(self, folder: Path) -> None:
+        from tensorboardX import SummaryWriter
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(logdir=str(folder), flush_secs=10)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        step = int(entry["step"])
+        for field, value in sorted(entry.items()):
+            if field not in SKIPPED and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag(field), float(value), global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
