@@ -20,7 +20,15 @@ def test_every_bench_module_is_run_by_make_bench() -> None:
     assert modules == set(NAMES), "bench modules and the Makefile's BENCHES differ"
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Quick modes that take over a minute on two cores (real engines and models): `pytest -m slow` and `make
+# bench-quick` run them; `make test` keeps its 30-minute budget. The parts they drive have their own tests
+# (tests/integration/test_real_model.py, the e2e tier's fault recovery).
+SLOW = {"c3po_real", "trainer_real", "recovery", "baselines"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in NAMES], ids=NAMES
+)
 def test_quick_mode_runs_and_writes_its_result(name: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(tmp_path), "--plots", str(tmp_path)],
