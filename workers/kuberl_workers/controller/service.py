@@ -33,6 +33,9 @@ class Peer:
     address: str = ""
 
 
+HISTORY_IN_CHECKPOINT = 64  # per-step history entries a checkpoint carries over a restart
+
+
 class Controller:
     """One per job. Every method is called from the event loop; none blocks on I/O except checkpoint writes."""
 
@@ -63,11 +66,11 @@ class Controller:
         )
         self.checkpoint_dir = Path(cfg.checkpoint.dir)
         self.weights_uri = ""
+        self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
         self.scheduler = self._restore() or Scheduler(self.sched_cfg, self.prompts)
         self.peers: dict[str, Peer] = {}
         self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
-        self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
-        self._purged_recorded = 0  # scheduler.counters.rollouts_purged at the last history entry
+        self._purged_recorded = self.scheduler.counters.rollouts_purged  # at the last history entry
         self.tensorboard: StepWriter | None = None
         if cfg.reporting.tensorboard:
             self.tensorboard = StepWriter(Path(cfg.checkpoint.dir) / "tensorboard")
@@ -90,11 +93,18 @@ class Controller:
         step, state = found
         log.info("restored controller state of step %d from %s", step, self.checkpoint_dir)
         self.weights_uri = state.get("weightsUri", "")
+        # steps trained before a restart but not yet read by the launcher stay readable (metrics.jsonl has no gap)
+        self.history = [e for e in state.get("history") or [] if e.get("step", 0) <= step]
         return Scheduler.restore(self.sched_cfg, self.prompts, state["scheduler"])
 
     def write_checkpoint(self) -> Path:
         path = checkpoint.step_path(self.checkpoint_dir, CHECKPOINT_PREFIX, self.scheduler.step)
-        checkpoint.write_json(path, {"scheduler": self.scheduler.state(), "weightsUri": self.weights_uri})
+        state = {
+            "scheduler": self.scheduler.state(),
+            "weightsUri": self.weights_uri,
+            "history": self.history[-HISTORY_IN_CHECKPOINT:],
+        }
+        checkpoint.write_json(path, state)
         checkpoint.prune(self.checkpoint_dir, CHECKPOINT_PREFIX, self.cfg.checkpoint.keep)
         self.last_checkpoint = str(path)
         return path
