@@ -379,11 +379,8 @@ class LocalRun:
                     if not complete:
                         self._scale(now, demand)
                     rows = self.metrics.rows
-                    pace = (
-                        statistics.median(r["stepSeconds"] for r in rows if r["stepSeconds"])
-                        if len(rows) > 1
-                        else math.inf
-                    )
+                    timed = [r["stepSeconds"] for r in rows if r.get("stepSeconds")]  # none right after a restart
+                    pace = statistics.median(timed) if timed else math.inf
                     # the line for step N shows step N's reward: both from the same metrics row
                     if rows:
                         progress.step, progress.reward = int(rows[-1]["step"]), float(rows[-1]["rewardMean"])
