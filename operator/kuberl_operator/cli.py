@@ -47,8 +47,8 @@ def _preflight(path: Path, overrides: Sequence[str]) -> list[str]:
     import tempfile
 
     from kuberl_operator.api.validate import load_rljob
-    from kuberl_operator.launcher.logs import marked
     from kuberl_operator.render import worker_config
+    from kuberl_workers.config import invalid_input_problems
 
     job = load_rljob(path, overrides)
     with tempfile.TemporaryDirectory() as folder:
@@ -59,7 +59,7 @@ def _preflight(path: Path, overrides: Sequence[str]) -> list[str]:
         )
     if done.returncode == 0:
         return []
-    return marked(done.stderr.splitlines()) or [f"preflight failed: {json.dumps(done.stderr[-1000:])}"]
+    return invalid_input_problems(done.stderr.splitlines()) or [f"preflight failed: {json.dumps(done.stderr[-1000:])}"]
 
 
 def _explain(args: argparse.Namespace) -> int:

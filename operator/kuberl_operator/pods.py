@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kuberl_operator import builders
-from kuberl_workers.config import INVALID_INPUT_MARK
+from kuberl_workers.config import invalid_input_problems
 
 
 def role_of(pod: dict[str, Any]) -> tuple[str, int]:
@@ -27,8 +27,6 @@ def terminated(pod: dict[str, Any]) -> tuple[int | None, str]:
         ended = (status.get("state") or {}).get("terminated")
         if status.get("name") == role and ended:
             message = str(ended.get("message") or "").strip()
-            problems = [
-                line.split(INVALID_INPUT_MARK, 1)[1] for line in message.splitlines() if INVALID_INPUT_MARK in line
-            ]
+            problems = invalid_input_problems(message.splitlines())
             return ended.get("exitCode"), "; ".join(problems) if problems else message
     return None, ""

@@ -33,6 +33,26 @@ ENV_TRAINER_MASTER: Final = "KUBERL_TRAINER_MASTER"
 EXIT_INVALID_INPUT: Final = 3
 # How such a worker logs each problem, so that `kuberl run` and the operator can quote them from its log.
 INVALID_INPUT_MARK: Final = "invalid input: "
+# The trainer's per-step statistics (posted with its weights, kept in the controller's history): metrics.jsonl and
+# TensorBoard both report them.
+TRAINER_STAT_FIELDS: Final = (
+    "loss",
+    "gradNorm",
+    "klRef",
+    "icepopMaskedFraction",
+    "clippedFraction",
+    "logpDiffMean",
+    "logpDiffMax",
+    "microBatches",
+    "updates",
+)
+
+
+def invalid_input_problems(lines: list[str]) -> list[str]:
+    """The problems among a worker's log lines (those with INVALID_INPUT_MARK), in order."""
+    return [line.split(INVALID_INPUT_MARK, 1)[1] for line in lines if INVALID_INPUT_MARK in line]
+
+
 # Where a worker writes why it stopped; Kubernetes shows it as the container's termination message.
 TERMINATION_LOG: Final = "/dev/termination-log"
 """Host of trainer rank 0, the torch.distributed rendezvous (a headless Service name in a cluster)."""

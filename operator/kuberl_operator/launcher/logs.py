@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kuberl_workers.config import INVALID_INPUT_MARK
+from kuberl_workers.config import invalid_input_problems
 
-MARK = INVALID_INPUT_MARK  # how kuberl_workers.preflight logs each problem
 TAIL_BYTES = 64_000
 
 
@@ -21,12 +20,7 @@ def _tail(path: Path) -> list[str]:
 
 def invalid_input(path: Path) -> list[str]:
     """The problems a worker reported before exiting with EXIT_INVALID_INPUT, in order."""
-    return marked(_tail(path))
-
-
-def marked(lines: list[str]) -> list[str]:
-    """The problems among log lines (those with INVALID_INPUT_MARK), in order."""
-    return [line.split(MARK, 1)[1] for line in lines if MARK in line]
+    return invalid_input_problems(_tail(path))
 
 
 def last_error(path: Path, name: str, lines: int = 12) -> str:

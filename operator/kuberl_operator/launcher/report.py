@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from kuberl_workers.config import TRAINER_STAT_FIELDS
+
 
 @dataclass
 class Progress:
@@ -99,15 +101,7 @@ TRAINER_STATS = (
     "policyVersionsSpannedMax",
     "oldestPolicyVersion",
     "rolloutsPurged",
-    "loss",
-    "gradNorm",
-    "klRef",
-    "icepopMaskedFraction",
-    "clippedFraction",
-    "logpDiffMean",
-    "logpDiffMax",
-    "microBatches",
-    "updates",
+    *TRAINER_STAT_FIELDS,
 )
 """Per-step fields of the controller's history (rollout side: controller/service.py; trainer side: its stats)
 copied into metrics.jsonl when present."""

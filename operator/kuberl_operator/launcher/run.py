@@ -29,7 +29,7 @@ from kuberl_operator.launcher.children import (
     trainer_host,
 )
 from kuberl_operator.launcher.export import final_model
-from kuberl_operator.launcher.logs import MARK, invalid_input, last_error
+from kuberl_operator.launcher.logs import invalid_input, last_error
 from kuberl_operator.launcher.report import (
     TRAINER_STATS,
     Display,
@@ -50,6 +50,7 @@ from kuberl_workers.config import (
     Limits,
     Ports,
     WorkerConfig,
+    invalid_input_problems,
 )
 
 TICK = 0.5
@@ -320,7 +321,7 @@ class LocalRun:
         )
         if done.returncode == 0:
             return []
-        found = [line.split(MARK, 1)[1] for line in done.stderr.splitlines() if MARK in line]
+        found = invalid_input_problems(done.stderr.splitlines())
         return found or [f"preflight exited with {done.returncode}: {done.stderr.strip()[-2000:]}"]
 
     def run(self) -> int:

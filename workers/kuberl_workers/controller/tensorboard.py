@@ -6,23 +6,13 @@ metrics.jsonl), grouped as `rollout/...`, `train/...` and `time/...`, at global 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from kuberl_workers.config import TRAINER_STAT_FIELDS
+
 TIME_FIELDS = {"rolloutSeconds", "trainSeconds"}
-TRAIN_FIELDS = {
-    "loss",
-    "gradNorm",
-    "klRef",
-    "icepopMaskedFraction",
-    "clippedFraction",
-    "logpDiffMean",
-    "logpDiffMax",
-    "microBatches",
-    "updates",
-}
+TRAIN_FIELDS = set(TRAINER_STAT_FIELDS)
 SKIPPED = {"step", "wallClosed", "wallPublished"}
 
 
