@@ -13,7 +13,9 @@ TOOLS    := $(VENV)/.kuberl-tools-2
 
 # A real Kubernetes control plane for the suite (etcd, kube-apiserver, kube-controller-manager; envtest's layout).
 # KUBEBUILDER_ASSETS, when set, names a folder that already holds them (e.g. from `setup-envtest use -p path`).
-KUBE_ASSETS_SRC ?= ../shared/kube-assets
+# The xz copies: ../shared/kube-assets beside the project, or beside the repository this one was cloned from.
+ORIGIN_PARENT   := $(shell cd "$$(git config --get remote.origin.url 2>/dev/null)/.." 2>/dev/null && pwd)
+KUBE_ASSETS_SRC ?= $(firstword $(wildcard ../shared/kube-assets $(ORIGIN_PARENT)/shared/kube-assets) ../shared/kube-assets)
 KUBE_ASSETS     := $(VENV)/kube-assets
 
 .PHONY: venv tools kube-assets run test lint typecheck unit chaos bench bench-quick crd chart-docs clean
