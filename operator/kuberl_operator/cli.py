@@ -55,7 +55,10 @@ def _preflight(path: Path, overrides: Sequence[str]) -> list[str]:
         config = Path(folder) / "config.json"
         config.write_text(worker_config(job, str(Path(folder) / "checkpoints")).model_dump_json())
         done = subprocess.run(
-            [sys.executable, "-m", "kuberl_workers.preflight", str(config)], capture_output=True, text=True, timeout=600
+            [sys.executable, "-m", "kuberl_workers.preflight", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     if done.returncode == 0:
         return []

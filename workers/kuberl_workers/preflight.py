@@ -1,6 +1,6 @@
 """The job's inputs checked before anything runs: the model directory, the dataset, the reward and the lengths.
 
-`python -m kuberl_workers.preflight [CONFIG]` prints every problem (field, file and line) and exits with
+`python -m kuberl_workers.preflight [--config FILE]` prints every problem (field, file and line) and exits with
 EXIT_INVALID_INPUT (3) when there is one; `kuberl run` runs it before starting any worker and the controller at its
 start, so that a bad input fails the job with its reason instead of a restart loop.
 """
@@ -19,7 +19,6 @@ from kuberl_workers.config import (
     INVALID_INPUT_MARK,
     TERMINATION_LOG,
     WorkerConfig,
-    load_config,
 )
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,9 @@ def fail(found: list[str]) -> NoReturn:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s preflight: %(message)s")
-    cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else None)
+    from kuberl_workers.entry import start
+
+    cfg, _ = start("preflight", __doc__ or "", token=False)
     found = problems(cfg)
     if found:
         fail(found)

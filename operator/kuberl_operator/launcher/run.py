@@ -313,7 +313,7 @@ class LocalRun:
     def preflight(self) -> list[str]:
         """The workers' own check of the job's inputs (kuberl_workers.preflight), before any process starts."""
         done = subprocess.run(
-            [sys.executable, "-m", "kuberl_workers.preflight", str(self.run_dir / "config.json")],
+            [sys.executable, "-m", "kuberl_workers.preflight", "--config", str(self.run_dir / "config.json")],
             env=self.env,
             capture_output=True,
             text=True,

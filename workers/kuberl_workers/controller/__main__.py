@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
-from kuberl_workers.config import ENV_POD_IP, load_config, read_token
+from kuberl_workers.config import ENV_POD_IP
+from kuberl_workers.entry import start
 
 
 def main() -> None:
+    cfg, token = start("controller", __doc__ or "")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s controller %(name)s: %(message)s")
     from aiohttp import web
 
@@ -16,7 +18,6 @@ def main() -> None:
     from kuberl_workers.controller.service import Controller
     from kuberl_workers.preflight import fail, problems
 
-    cfg = load_config()
     found = problems(cfg)
     if found:  # a bad input is the job's end, not a restart: exit EXIT_INVALID_INPUT with the reasons
         fail(found)
@@ -24,7 +25,7 @@ def main() -> None:
         controller = Controller(cfg)
     except ValueError as error:  # what the preflight cannot foresee (a prompt the chat template refuses, ...)
         fail([str(error)])
-    app = make_app(controller, read_token())
+    app = make_app(controller, token)
     host = os.environ.get(ENV_POD_IP, "0.0.0.0")
     web.run_app(app, host=host, port=cfg.ports.controller, access_log=None, print=None)
 

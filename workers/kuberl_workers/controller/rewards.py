@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from kuberl_workers.catalog import REWARD_NAMES
 
@@ -20,17 +21,36 @@ log = logging.getLogger(__name__)
 RewardFn = Callable[[str, str], float]
 # Completions are cut to this many characters before scoring: a reward never sees unbounded input.
 MAX_COMPLETION_CHARS = 65536
-_NUMBER = re.compile(r"-?\d{1,64}(?:\.\d{1,64})?")
+# A number as people write it: sign, thousands separators (groups of exactly three digits), decimals, an
+# exponent, or a fraction. Bounded repetitions keep the scan linear on hostile input.
+_NUMBER = re.compile(
+    r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3}){1,21}|\d{1,64})(?:\.\d{1,64})?(?:[eE][-+]?\d{1,4})?"
+    r"(?:\s{0,2}/\s{0,2}\d{1,64})?"
+)
+_MAX_EXPONENT = 1000  # Fraction(10) ** 10**9 would hang: larger exponents are no answer anyone checks
 
 
-def _last_number(text: str) -> Decimal | None:
-    found = _NUMBER.findall(text[-MAX_COMPLETION_CHARS:])
-    if not found:
-        return None
+def parse_number(token: str) -> Fraction | None:
+    """One number token (as `_NUMBER` matches it) -> its exact value; None for a zero denominator or a huge
+    exponent. "70,000" = 70000, "1e-05" = 1/100000, "3.0" = 3, "-1/2" = -0.5.
+    """
+    text = token.replace(",", "").replace(" ", "")
+    numerator, _, denominator = text.partition("/")
     try:
-        return Decimal(found[-1])
-    except InvalidOperation:
+        decimal = Decimal(numerator)
+        if abs(decimal.adjusted()) > _MAX_EXPONENT:
+            return None
+        value = Fraction(decimal)
+        if denominator:
+            value /= Fraction(int(denominator))
+    except (InvalidOperation, ValueError, ZeroDivisionError):
         return None
+    return value
+
+
+def _last_number(text: str) -> Fraction | None:
+    found = _NUMBER.findall(text[-MAX_COMPLETION_CHARS:])
+    return parse_number(found[-1]) if found else None
 
 
 def exact_match(completion: str, answer: str) -> float:
@@ -39,7 +59,10 @@ def exact_match(completion: str, answer: str) -> float:
 
 
 def numeric(completion: str, answer: str) -> float:
-    """1 when the last number in the completion equals the answer as a number."""
+    """1 when the last number in the completion equals the answer's number as an exact rational: thousands
+    separators, a sign, a currency symbol around it, scientific notation, trailing zeros and fractions compare by
+    value ("$70,000" = "70000", "0.00001" = "1e-05", "1/2" = "0.5"; "-5" != "1e-05").
+    """
     got, want = _last_number(completion), _last_number(answer)
     return float(got is not None and want is not None and got == want)
 

@@ -9,19 +9,20 @@ import logging
 import os
 import sys
 
-from kuberl_workers.config import ENV_CONTROLLER_URL, ENV_INDEX, ENV_POD_IP, ENV_WORKER_ID, load_config, read_token
+from kuberl_workers.config import ENV_CONTROLLER_URL, ENV_INDEX, ENV_POD_IP, ENV_WORKER_ID
+from kuberl_workers.entry import start
 
 
 def main() -> int:
+    cfg, token = start("rollout", __doc__ or "", needs=(ENV_CONTROLLER_URL,))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s rollout %(name)s: %(message)s")
     from kuberl_workers.rollout.worker import RolloutWorker
 
-    cfg = load_config()
     index = os.environ.get(ENV_INDEX, "0")
     worker = RolloutWorker(
         cfg,
         controller_url=os.environ[ENV_CONTROLLER_URL],
-        token=read_token(),
+        token=token,
         name=os.environ.get(ENV_WORKER_ID, f"{cfg.job}-rollout-{index}"),
         host=os.environ.get(ENV_POD_IP, "127.0.0.1"),
     )

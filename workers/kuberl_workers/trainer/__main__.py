@@ -17,9 +17,8 @@ from kuberl_workers.config import (
     ENV_POD_IP,
     ENV_TRAINER_MASTER,
     ENV_WORKER_ID,
-    load_config,
-    read_token,
 )
+from kuberl_workers.entry import start
 
 log = logging.getLogger("kuberl.trainer")
 POLL_SECONDS = 0.2
@@ -57,6 +56,7 @@ class Heartbeats(threading.Thread):
 
 
 def main() -> int:
+    cfg, token = start("trainer", __doc__ or "", needs=(ENV_CONTROLLER_URL,))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s trainer %(name)s: %(message)s")
     import torch
     import torch.distributed as dist
@@ -68,8 +68,6 @@ def main() -> int:
     from kuberl_workers.trainer.step import make_optimizer, train_step
     from kuberl_workers.trainer.weights import load_checkpoint, publish_weights, save_checkpoint
 
-    cfg = load_config()
-    token = read_token()
     rank = int(os.environ.get(ENV_INDEX, "0"))
     world = cfg.scale.trainerReplicas
     worker = os.environ.get(ENV_WORKER_ID, f"{cfg.job}-trainer-{rank}")
@@ -187,9 +185,9 @@ def main() -> int:
         version = step + 1
         checkpointed = version % cfg.checkpoint.everySteps == 0 or version == cfg.algorithm.steps
         if rank == 0:
-            start = time.perf_counter()
+            began = time.perf_counter()
             path, size = publish_weights(ckpt_dir, version, model, keep=cfg.checkpoint.keep + 1, source=Path(directory))
-            publish_seconds.observe(time.perf_counter() - start)
+            publish_seconds.observe(time.perf_counter() - began)
             gauges["weight_publish_bytes"].set(size)
             if checkpointed:
                 save_checkpoint(ckpt_dir, version, model, optimizer, cfg.checkpoint.keep)

@@ -9,9 +9,16 @@ from torch import Tensor
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """A_i = (R_i - mean R) / (std R + eps) over one group (population std); all-equal rewards give exactly 0."""
-    centred = rewards - rewards.mean()
-    return centred / (rewards.std(unbiased=False) + eps)
+    """A_i = (R_i - mean R) / (std R + eps) over one group of G rewards (shape [G], population std; GRPO,
+    DeepSeekMath eq. 3), returned in float32.
+
+    All-equal rewards give exactly 0: the mean of a rounded value (0.9 in float32) is not the value itself, and
+    a residue of 1e-8 divided by eps would be a spurious advantage of -0.056. Shifting by the first reward and
+    computing in float64 makes the centred values of equal rewards exactly 0.
+    """
+    shifted = rewards.to(torch.float64) - rewards[0].to(torch.float64)
+    centred = shifted - shifted.mean()
+    return (centred / (centred.pow(2).mean().sqrt() + eps)).to(torch.float32)
 
 
 def icepop_weight(k: Tensor, alpha: float, beta: float, enabled: bool = True) -> Tensor:
