@@ -50,3 +50,23 @@ def test_weight_update_changes_generation_without_restart(engine: Engine, other_
     assert max(max(r.logprobs) for r in after) > -1.0  # the sharpened policy is confident
     engine.load_weights(tiny_dir, version=8)  # and back: the same seeds give the same tokens again
     assert [r.token_ids for r in engine.generate(chunks)] == [r.token_ids for r in before]
+
+
+async def test_a_poison_chunk_costs_only_itself(engine: Engine, tmp_path: Path) -> None:
+    """#15 kind 1: vLLM refuses a whole generate call for one empty prompt ("decoder prompt cannot be empty"), and
+    every chunk of the batch failed with it. Right: the worker retries each chunk alone; only the poison one is
+    refused (and reported with vLLM's reason), the others come back generated."""
+    from kuberl_workers.rollout.worker import RolloutWorker
+    from support.jobs import TOKEN, job_config
+
+    worker = RolloutWorker(job_config(tmp_path / "ckpt"), "http://127.0.0.1:1", TOKEN, "w", "127.0.0.1")
+    worker.engine = engine
+    chunks = [
+        {"leaseId": f"{i}-1", "promptIds": p, "outputIds": [], "maxTokens": 4, "seed": i}
+        for i, p in enumerate([PROMPTS[0], [], PROMPTS[1]])
+    ]
+    done, refused = await worker._generate(chunks)
+    assert [c["leaseId"] for c, _ in done] == ["0-1", "2-1"]
+    assert all(len(g.token_ids) == 4 for _, g in done)
+    ((chunk, error),) = refused
+    assert chunk["leaseId"] == "1-1" and "empty" in error, error

@@ -254,3 +254,31 @@ async def test_a_rollout_pod_recreated_under_its_name_starts_clean(client: Clien
     assert (await beat.json())["drain"] is False
     again = await client.post("/v1/rollout/lease", json={"worker": "r0", "maxRollouts": 2, "version": 0}, headers=AUTH)
     assert len((await again.json())["chunks"]) == held  # the requeued rollouts, to the new process
+
+
+async def test_one_invalid_result_costs_only_its_chunk(client: Client) -> None:
+    """#15 kind 1: a 400 for the whole request left the valid results of the batch unapplied (or half-applied) and
+    made the rollout worker exit. Right: each result is applied or refused on its own, and a chunk the engine
+    refused alone is counted against its rollout until its group is dropped."""
+    await client.post("/v1/workers/register", json={"worker": "r0", "role": "rollout"}, headers=AUTH)
+    lease = await client.post("/v1/rollout/lease", json={"worker": "r0", "maxRollouts": 3, "version": 0}, headers=AUTH)
+    good, bad, poison = (await lease.json())["chunks"]
+    results = [
+        {"leaseId": good["leaseId"], "tokenIds": [52], "logprobs": [-0.5], "finishReason": None, "version": 0},
+        {"leaseId": bad["leaseId"], "tokenIds": [52] * 9, "logprobs": [-0.5] * 9, "finishReason": None, "version": 0},
+    ]
+    reply = await client.post("/v1/rollout/complete", json={"worker": "r0", "results": results}, headers=AUTH)
+    body = await reply.json()
+    assert reply.status == 200 and body["accepted"] == [good["leaseId"]] and body["rejected"] == []
+    assert body["invalid"] == [{"leaseId": bad["leaseId"], "error": body["invalid"][0]["error"]}]
+    assert "chunk of 9 tokens" in body["invalid"][0]["error"]
+    status = await (await client.get("/v1/status", headers=AUTH)).json()
+    assert status["policyVersion"] == 0  # still serving
+    failed = await client.post(
+        "/v1/rollout/release",
+        json={"worker": "r0", "leaseIds": [poison["leaseId"]], "error": "decoder prompt cannot be empty"},
+        headers=AUTH,
+    )
+    assert (await failed.json())["released"] == [poison["leaseId"]]
+    metrics = await (await client.get("/metrics")).text()
+    assert re.search(r"^kuberl_chunks_failed_total\{[^}]*\} 2\.0$", metrics, re.M), metrics

@@ -3,16 +3,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from kuberl_workers.config import TaskConfig
+from kuberl_workers.controller.dataset import MAX_SKIPS_IN_A_ROW, PromptSet, read_examples
 from kuberl_workers.controller.rewards import format_reward, numeric, parse_number
+from kuberl_workers.controller.scheduler import Scheduler, SchedulerConfig
 from kuberl_workers.entry import EXIT_USAGE
+from kuberl_workers.tokenizer import ByteTokenizer
 from kuberl_workers.trainer.loss import group_advantages
 
 # ---- Kind 5: numerics and parsing --------------------------------------------------------------------------------
@@ -101,3 +109,73 @@ def test_missing_or_bad_config_is_one_clear_line(role: str, tmp_path: Path) -> N
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith(f"kuberl_workers.{role}: error: {message}"), line
         assert "Traceback" not in done.stderr
+
+
+# ---- Kind 1: one poison item costs only that item ------------------------------------------------------------
+
+
+def _task(**fields: Any) -> TaskConfig:
+    base: dict[str, Any] = {
+        "datasetBuiltin": "arithmetic",
+        "reward": "numeric",
+        "promptsPerStep": 2,
+        "samplesPerPrompt": 2,
+        "maxPromptTokens": 64,
+        "maxNewTokens": 8,
+        "temperature": 1.0,
+    }
+    return TaskConfig(**{**base, **fields})
+
+
+def test_empty_prompt_is_refused_at_its_line(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "", "answer": "3"}\n')
+    with pytest.raises(ValueError, match=rf"^{data}:2: field 'prompt' is empty$"):
+        read_examples(str(data), "prompt", "answer")
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        (r'{"prompt": "Add \ud83d 2+2=", "answer": "4"}', "prompt"),
+        (r'{"prompt": "2+2=", "answer": "4\udc00"}', "answer"),
+        (r'{"prompt": [{"role": "user", "content": "\ud83d"}], "answer": "4"}', "prompt[0].content"),
+    ],
+)
+def test_lone_surrogate_is_refused_at_its_line(tmp_path: Path, row: str, field: str) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(row + "\n")
+    with pytest.raises(
+        ValueError, match=rf"^{data}:1: field '{re.escape(field)}' is not valid Unicode: lone surrogate"
+    ):
+        read_examples(str(data), "prompt", "answer")
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "Add \\ud83d\\ude00 2+2=", "answer": "4"}\n')  # a whole pair is fine
+    assert read_examples(str(tmp_path / "ok.jsonl"), "prompt", "answer") == [("Add \U0001f600 2+2=", "4")]
+
+
+class _Refusing(ByteTokenizer):
+    """A tokenizer whose encoding refuses one prompt (as a chat template may raise on one row)."""
+
+    def encode(self, text: str) -> list[int]:
+        if "poison" in text:
+            raise TypeError("cannot encode this one")
+        return super().encode(text)
+
+
+def test_a_prompt_that_cannot_be_rendered_is_skipped_and_counted(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": "1"}) + "\n" for p in ("a=", "poison", "b=")))
+    prompts = PromptSet(_task(datasetBuiltin=None, datasetPath=str(data), promptFormat="raw"), _Refusing(), 0)
+    assert [prompts(i) is None for i in range(3)] == [False, True, False]
+    assert (prompts.skipped, prompts.render_failures) == (1, 1)
+
+
+def test_no_usable_prompt_is_an_error_naming_the_field_not_an_endless_loop() -> None:
+    """maxPromptTokens 3 with the arithmetic task: the scheduler's refill skipped 5 million prompts in 3 s."""
+    prompts = PromptSet(_task(maxPromptTokens=3, promptFormat="raw"), ByteTokenizer(), 0)
+    cfg = SchedulerConfig(64, 0, 4, 8, 2, 2, 8, 30.0)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"^task.maxPromptTokens: none of 10000 prompts in a row fits in 3 tokens"):
+        Scheduler(cfg, prompts)
+    assert time.monotonic() - started < 10
+    assert prompts.skipped == MAX_SKIPS_IN_A_ROW

@@ -11,6 +11,7 @@ from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.launcher.logs import invalid_input, last_error
 from kuberl_operator.render import worker_config
 from kuberl_workers.config import EXIT_INVALID_INPUT, INVALID_INPUT_MARK, WorkerConfig
+from kuberl_workers.models.tiny import build_tokenizer
 from kuberl_workers.preflight import problems
 from support.specs import minimal_job
 
@@ -24,7 +25,7 @@ def _model(folder: Path, context: int = 2048, tokenizer: bool = True) -> Path:
     (folder / "config.json").write_text(json.dumps({"max_position_embeddings": context}))
     (folder / "model.safetensors").write_bytes(b"")
     if tokenizer:
-        (folder / "tokenizer.json").write_text("{}")
+        build_tokenizer(folder)  # the tiny model's byte-level tokenizer: real, and built in milliseconds
     return folder
 
 
@@ -71,3 +72,29 @@ def test_the_launcher_quotes_the_problems_and_the_last_traceback(tmp_path: Path)
     log.write_text("INFO start\nTraceback (most recent call last):\n  File x\nValueError: boom\n")
     shown = last_error(log, "j-trainer-0")
     assert "Traceback" in shown and shown.rstrip().endswith("ValueError: boom") and str(log) in shown
+
+
+def test_no_prompt_fits_max_prompt_tokens(tmp_path: Path) -> None:
+    """#15 kind 2: every prompt longer than task.maxPromptTokens was an endless refill loop; now it is refused
+    before start, with the field and the length that would do."""
+    task = {"dataset": {"builtin": "arithmetic"}, "reward": "numeric", "maxPromptTokens": 3, "promptFormat": "raw"}
+    model = _model(tmp_path / "m")
+    (found,) = problems(_config(tmp_path, model={"path": str(model)}, task=task))
+    assert found.startswith("task.maxPromptTokens: none of 10000 prompts in a row fits in 3 tokens")
+    assert "raise it to at least 4" in found
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a long prompt", "answer": "2"}\n{"prompt": "another long one", "answer": "3"}\n')
+    task = {"dataset": {"path": str(data)}, "reward": "numeric", "maxPromptTokens": 5, "promptFormat": "raw"}
+    (found,) = problems(_config(tmp_path, model={"path": str(model)}, task=task))
+    assert found == (
+        "task.maxPromptTokens: none of 2 prompts in a row fits in 5 tokens (the shortest renders to 13); raise it "
+        "to at least 13"
+    )
+
+
+def test_broken_tokenizer_is_named(tmp_path: Path) -> None:
+    model = _model(tmp_path / "m", tokenizer=False)
+    (model / "tokenizer.json").write_text("{}")
+    task = {"dataset": {"builtin": "arithmetic"}, "reward": "numeric"}
+    (found,) = problems(_config(tmp_path, model={"path": str(model)}, task=task))
+    assert found.startswith(f"model.path: {model}: the tokenizer does not load (")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kuberl_workers.controller.scheduler import Scheduler
+from kuberl_workers.controller.scheduler import MAX_CHUNK_FAILURES, Scheduler
 from kuberl_workers.controller.state import ChunkRequest
 from support.sim import ScriptedEngine, config, drive, lengths_long_tail, reward_of, source
 
@@ -188,7 +188,7 @@ def test_checkpoint_round_trip_mid_step_gives_the_same_future() -> None:
 
 ACTIONS = st.lists(
     st.tuples(
-        st.sampled_from(["lease", "complete", "complete_late", "kill", "stall", "release"]),
+        st.sampled_from(["lease", "complete", "complete_late", "kill", "stall", "release", "fail", "publish"]),
         st.integers(0, 2),  # worker
         st.integers(1, 6),  # how many chunks / seconds
     ),
@@ -205,6 +205,7 @@ def test_no_prompt_lost_or_trained_twice(actions: list[tuple[str, int, int]], re
     engine = ScriptedEngine(LENGTHS, sched)
     held: dict[str, list[ChunkRequest]] = {f"w{i}": [] for i in range(3)}
     now = 0.0
+    batches = []
     for action, w, n in actions:
         worker = f"w{w}"
         now += 1.0
@@ -228,13 +229,23 @@ def test_no_prompt_lost_or_trained_twice(actions: list[tuple[str, int, int]], re
             sched.expire(now)
         elif action == "release" and held[worker]:
             sched.release(worker, held[worker].pop(0).lease_id)
-        if sched.step_ready():
-            sched.close_step()
+        elif action == "fail" and held[worker]:
+            sched.fail(worker, held[worker].pop(0).lease_id, "engine refused it")
+        elif action == "publish" and sched.awaiting_weights:
+            # weights arrive some actions after the close: chunks leased before it may complete meanwhile
             sched.weights_published(sched.step)
+        if sched.step_ready():
+            batches.append(sched.close_step())
     # then a healthy worker finishes the job's next steps
     for worker in held:
         sched.worker_lost(worker)
+    if sched.awaiting_weights:
+        sched.weights_published(sched.step)
     run = drive(sched, LENGTHS, steps=2, workers=1)
+    for batch in batches + run.batches:  # no trained token older than sigma versions
+        for group in batch.groups:
+            for rollout in group["rollouts"]:
+                assert batch.step - min(rollout["versions"]) <= retention, (batch.step, rollout["versions"])
     trained = [p for p, _ in sched.done]
     assert len(trained) == len(set(trained)), "a prompt was trained twice"
     in_flight = {g.prompt_index for g in sched.groups.values()} | set(sched.requeue)
@@ -244,3 +255,84 @@ def test_no_prompt_lost_or_trained_twice(actions: list[tuple[str, int, int]], re
         for group in batch.groups:
             for sample, rollout in enumerate(group["rollouts"]):
                 assert rollout["outputIds"] == expected_tokens(group["promptIndex"], sample)
+
+
+# --- the audit's instances (#15 kind 6) --------------------------------------------------------------------
+
+
+def _finish(sched: Scheduler, chunk: ChunkRequest, worker: str, n: int, stop: bool) -> None:
+    done = sched.complete(worker, chunk.lease_id, [5] * n, [-0.1] * n, "stop" if stop else None, chunk.version)
+    if done is not None and done.finished:
+        sched.rewarded(done.id, float(done.id % 2))
+
+
+def test_a_rollout_finished_before_a_delayed_publish_is_not_trained_past_sigma() -> None:
+    """sigma=1, Phi=5, Omega=4, G=2, chunk 4: prompt 1's rollouts got v0 tokens, then v1 tokens in a chunk leased
+    before step 1 closed and completed before v2 was published; step 2 trained them with versions
+    [0,0,0,0,1,1] (lag 2 > sigma). Right: purged (and requeued) at the publish of v2."""
+    cfg = config(retention=1, token_budget=5, pool_capacity=4, group_size=2, chunk_tokens=4, prompts_per_step=2)
+    sched = Scheduler(cfg, source)
+    r1, r2, r3, r4 = sched.lease("w", 4, 0.0)  # prompts 0 and 1 at v0
+    _finish(sched, r1, "w", 3, True)
+    _finish(sched, r2, "w", 3, True)
+    assert sched.step_ready()
+    assert [g["promptIndex"] for g in sched.close_step().groups] == [0]
+    _finish(sched, r3, "w", 4, False)  # completed while the new weights are still awaited
+    _finish(sched, r4, "w", 4, False)
+    sched.weights_published(1)
+    step1 = sched.lease("w", 4, 1.0)  # prompt 1's two rollouts (v1) and prompt 2's group
+    by_rollout = {c.rollout_id: c for c in step1}
+    prompt1 = [by_rollout[r3.rollout_id], by_rollout[r4.rollout_id]]
+    for chunk in step1:
+        if chunk not in prompt1:
+            _finish(sched, chunk, "w", 3, True)
+    assert [g["promptIndex"] for g in sched.close_step().groups] == [2]
+    for chunk in prompt1:  # leased before the close, completed before the publish
+        _finish(sched, chunk, "w", 2, True)
+    sched.weights_published(2)
+    assert [g.requeued for g in sched.groups.values() if g.prompt_index == 1] == [True]  # a fresh group of it
+    assert sched.counters.rollouts_purged == 2 and sched.budget_used == 0  # its tokens left C with it
+    run = drive(sched, LENGTHS, steps=2, workers=1)
+    for batch in run.batches:
+        for group in batch.groups:
+            for rollout in group["rollouts"]:
+                assert batch.step - min(rollout["versions"]) <= cfg.retention
+
+
+def test_no_group_is_admitted_once_the_budget_is_met() -> None:
+    """Phi=4, Omega=6, sigma>0: a group admitted after C reached 4 started one version old. Right: refill only
+    while C < Phi."""
+    cfg = config(retention=2, token_budget=4, pool_capacity=6, group_size=2, chunk_tokens=4, prompts_per_step=3)
+    sched = Scheduler(cfg, source)
+    chunks = sched.lease("w", 6, 0.0)  # three groups fill the pool
+    assert len(sched.groups) == 3
+    _finish(sched, chunks[0], "w", 2, True)
+    _finish(sched, chunks[1], "w", 2, True)  # group 0 done: C = 4 = Phi, one slot of two rollouts free
+    assert sched.budget_used >= cfg.token_budget
+    assert len(sched.groups) == 3, "a group was admitted after the budget was met"
+    batch = sched.close_step()
+    sched.weights_published(1)
+    assert [g["promptIndex"] for g in batch.groups] == [0]
+    assert len(sched.groups) == 3  # the next step refills
+
+
+def test_a_chunk_that_always_fails_drops_only_its_group() -> None:
+    """#15 kind 1: a poison chunk re-leased for ever. Right: after MAX_CHUNK_FAILURES its group is dropped with
+    the reason, a fresh group takes its place, and the step trains."""
+    cfg = config(retention=0, token_budget=8, pool_capacity=4, group_size=2, chunk_tokens=4, prompts_per_step=2)
+    sched = Scheduler(cfg, source)
+    for attempt in range(MAX_CHUNK_FAILURES):
+        chunks = sched.lease("w", 4, float(attempt))
+        poison = next(c for c in chunks if c.rollout_id == 1)
+        assert sched.fail("w", poison.lease_id, "decoder prompt cannot be empty")
+        for chunk in chunks:
+            if chunk is not poison:
+                sched.release("w", chunk.lease_id)
+    assert sched.failed == {0: "decoder prompt cannot be empty"}
+    assert 0 in sched.dropped and sched.counters.prompts_failed == 1
+    assert sorted(g.prompt_index for g in sched.groups.values()) == [1, 2]  # prompt 2 took prompt 0's place
+    assert not sched.fail("w", poison.lease_id, "late")  # stale
+    run = drive(sched, LENGTHS, steps=1, workers=1)
+    assert sorted(g["promptIndex"] for g in run.batches[0].groups) == [1, 2]
+    restored = Scheduler.restore(cfg, source, json.loads(json.dumps(sched.state())))
+    assert restored.failed == sched.failed

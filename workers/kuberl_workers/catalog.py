@@ -9,6 +9,8 @@ from typing import Final
 REWARD_NAMES: Final = ("exact_match", "numeric", "format")
 # Models the workers can build locally, without a download.
 BUILTIN_MODELS: Final = ("tiny", "smollm2-135m-instruct")
+# Each built-in model's context (max_position_embeddings): prompt plus generated tokens must fit in it.
+BUILTIN_CONTEXT: Final = {"tiny": 512, "smollm2-135m-instruct": 8192}
 # Built-in models whose tokenizer has no chat template (only `promptFormat: raw` or `auto` can use them).
 BUILTIN_MODELS_WITHOUT_CHAT: Final = ("tiny",)
 # Tasks the workers can generate locally, without a download.

@@ -27,7 +27,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 def problems(cfg: WorkerConfig) -> list[str]:
     """Every problem with the job's inputs, each naming the spec field and the file; [] when all is well."""
-    return _model_problems(cfg) + _dataset_problems(cfg) + _reward_problems(cfg)
+    found = _model_problems(cfg) + _dataset_problems(cfg) + _reward_problems(cfg)
+    return found or _prompt_problems(cfg)
 
 
 def _model_problems(cfg: WorkerConfig) -> list[str]:
@@ -69,6 +70,26 @@ def _dataset_problems(cfg: WorkerConfig) -> list[str]:
         return [f"task.dataset.path: {task.datasetPath}: no such file"]
     except (OSError, ValueError) as error:
         return [f"task.dataset.path: {error}"]
+    return []
+
+
+def _prompt_problems(cfg: WorkerConfig) -> list[str]:
+    """At least one prompt renders and fits in task.maxPromptTokens (the controller's own search, bounded)."""
+    from kuberl_workers.controller.dataset import PromptSet
+    from kuberl_workers.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(cfg.model, cfg.seed)
+    except Exception as error:  # transformers raises many kinds for a broken tokenizer file
+        where = f"model.path: {cfg.model.path}" if cfg.model.path else f"model.builtin: {cfg.model.builtin}"
+        return [f"{where}: the tokenizer does not load ({type(error).__name__}: {error})"]
+    try:
+        prompts = PromptSet(cfg.task, tokenizer, cfg.seed)
+        for index in range(prompts.max_skips):
+            if prompts(index) is not None:
+                return []
+    except ValueError as error:
+        return [str(error)]
     return []
 
 

@@ -8,6 +8,7 @@ from pydantic import AfterValidator, Field
 
 from kuberl_operator.api.podpolicy import check_template
 from kuberl_operator.api.rules import ApiModel, Rule, ordered
+from kuberl_workers.catalog import BUILTIN_CONTEXT
 
 ClaimName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
 Path = Annotated[str, Field(min_length=1, max_length=4096)]
@@ -333,6 +334,13 @@ class ReportingSpec(ApiModel):
     not implemented yet."""
 
 
+CONTEXT_MESSAGE = (
+    "task.maxPromptTokens + task.maxNewTokens must fit the built-in model's context ("
+    + ", ".join(f"{name}: {n}" for name, n in BUILTIN_CONTEXT.items())
+    + " tokens)"
+)
+
+
 class RLJobSpec(ApiModel):
     """Desired state of an RL post-training job."""
 
@@ -379,6 +387,20 @@ class RLJobSpec(ApiModel):
                 and not (
                     m.task.promptFormat == "raw" or (m.task.promptFormat == "auto" and m.task.systemPrompt is None)
                 )
+                else None
+            ),
+        ),
+        Rule(
+            cel="!has(self.model.builtin) || self.task.maxPromptTokens + self.task.maxNewTokens <= "
+            + " : ".join(f"(self.model.builtin == '{name}' ? {n}" for name, n in BUILTIN_CONTEXT.items())
+            + " : 0"
+            + ")" * len(BUILTIN_CONTEXT),
+            message=CONTEXT_MESSAGE,
+            field="task.maxNewTokens",
+            check=lambda m: (
+                CONTEXT_MESSAGE
+                if m.model.builtin is not None
+                and m.task.maxPromptTokens + m.task.maxNewTokens > BUILTIN_CONTEXT[m.model.builtin]
                 else None
             ),
         ),

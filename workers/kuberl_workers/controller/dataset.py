@@ -5,6 +5,7 @@ prompt rendering (chat template, system prompt or raw text) into the token ids b
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from kuberl_workers.tokenizer import Message, Tokenizer
 Prompt = str | list[Message]
 Example = tuple[Prompt, str]  # (prompt text or chat messages, reference answer)
 ROLES = ("system", "user", "assistant")
+log = logging.getLogger(__name__)
 
 
 def arithmetic(seed: int, index: int) -> tuple[str, str]:
@@ -31,6 +33,26 @@ def arithmetic(seed: int, index: int) -> tuple[str, str]:
     return f"{a}{op}{b}=", str(a + b if op == "+" else a * b)
 
 
+# A built-in generated task without one usable prompt in this many in a row has none: the controller stops with
+# the field to change instead of searching for ever.
+MAX_SKIPS_IN_A_ROW = 10_000
+
+
+def _text(value: str, where: str, field: str) -> str:
+    """`value` if it is valid Unicode; JSON allows escapes of lone UTF-16 surrogates ("\\ud83d") that no
+    tokenizer can encode, so such a row is refused here, at its line, and not at every start of the controller.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = value[error.start]
+        raise ValueError(
+            f"{where}: field {field!r} is not valid Unicode: lone surrogate \\u{ord(bad):04x} at character "
+            f"{error.start} (an unpaired half of a JSON \\uXXXX escape pair)"
+        ) from None
+    return value
+
+
 def _messages(value: list[Any], where: str, field: str) -> list[Message]:
     if not value:
         raise ValueError(f"{where}: field {field!r} is an empty message list")
@@ -43,7 +65,7 @@ def _messages(value: list[Any], where: str, field: str) -> list[Message]:
             and set(message) <= {"role", "content"}
         ):
             raise ValueError(f"{where}: {field}[{i}]: expected {{role: system|user|assistant, content: string}}")
-        out.append({"role": message["role"], "content": message["content"]})
+        out.append({"role": message["role"], "content": _text(message["content"], where, f"{field}[{i}].content")})
     return out
 
 
@@ -60,7 +82,7 @@ def _example(row: Any, where: str, prompt_field: str, answer_field: str) -> Exam
         raise ValueError(f"{where}: field {prompt_field!r} missing or not a string or a list of messages")
     if not str(prompt).strip():
         raise ValueError(f"{where}: field {prompt_field!r} is empty")
-    return str(prompt), str(answer)
+    return _text(str(prompt), where, prompt_field), _text(str(answer), where, answer_field)
 
 
 def _jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
@@ -129,7 +151,9 @@ class PromptRenderer:
 class PromptSet:
     """prompt index -> (token ids, answer); indices past the end wrap around (epochs, in file order).
 
-    A prompt longer than maxPromptTokens, or one that cannot be rendered, is skipped (None) and counted.
+    A prompt longer than maxPromptTokens, or one that cannot be rendered, is skipped (None) and counted. When no
+    prompt of a whole pass over the file (or MAX_SKIPS_IN_A_ROW generated ones) is usable, the call raises
+    ValueError naming `task.maxPromptTokens`: a search for a prompt never runs without a bound.
     """
 
     def __init__(self, task: TaskConfig, tokenizer: Tokenizer, seed: int) -> None:
@@ -137,12 +161,21 @@ class PromptSet:
         self.render = PromptRenderer(task, tokenizer)
         self.max_tokens = task.maxPromptTokens
         self.skipped = 0
+        self.render_failures = 0
+        self._in_a_row = 0
+        self._shortest: int | None = None
         self._example: Callable[[int], Example]
+        self._where: Callable[[int], str]
         if task.datasetPath:
-            rows = read_examples(task.datasetPath, task.promptField, task.answerField, task.datasetFormat)
+            path = task.datasetPath
+            rows = read_examples(path, task.promptField, task.answerField, task.datasetFormat)
             self._example = lambda index: rows[index % len(rows)]
+            self._where = lambda index: f"{path} example {index % len(rows) + 1}"
+            self.max_skips = len(rows)
         elif task.datasetBuiltin == "arithmetic":
             self._example = lambda index: arithmetic(seed, index)
+            self._where = lambda index: f"built-in arithmetic prompt {index}"
+            self.max_skips = MAX_SKIPS_IN_A_ROW
         else:
             raise ValueError(f"task.dataset: unknown builtin {task.datasetBuiltin!r}")
 
@@ -151,8 +184,27 @@ class PromptSet:
 
     def __call__(self, index: int) -> tuple[list[int], str] | None:
         prompt, answer = self._example(index)
-        ids = self.render(prompt)
+        try:
+            ids = self.render(prompt)
+        except Exception as error:  # the tokenizer or its chat template refused this one prompt: skip only it
+            self.render_failures += 1
+            log.warning("%s: cannot be rendered (%s: %s); skipped", self._where(index), type(error).__name__, error)
+            ids = []
         if len(ids) > self.max_tokens or not ids:
             self.skipped += 1
+            self._in_a_row += 1
+            if ids and (self._shortest is None or len(ids) < self._shortest):
+                self._shortest = len(ids)
+            if self._in_a_row >= self.max_skips:
+                raise ValueError(self._none_usable())
             return None
+        self._in_a_row = 0
         return ids, answer
+
+    def _none_usable(self) -> str:
+        if self._shortest is None:
+            return f"task.dataset: none of {self._in_a_row} prompts in a row could be rendered (see the log)"
+        return (
+            f"task.maxPromptTokens: none of {self._in_a_row} prompts in a row fits in {self.max_tokens} tokens "
+            f"(the shortest renders to {self._shortest}); raise it to at least {self._shortest}"
+        )

@@ -65,6 +65,9 @@ class CompleteRequest(_Body):
 class ReleaseRequest(_Body):
     worker: WorkerName
     leaseIds: list[Annotated[str, Field(max_length=64)]] = Field(max_length=65536)
+    error: str | None = Field(None, max_length=4000)
+    """Set when these chunks failed alone (the engine refused each of them): each failure is counted against its
+    rollout, whose group is dropped at the MAX_CHUNK_FAILURES-th. Unset: given back unfinished, not counted."""
 
 
 class DrainRequest(_Body):
@@ -176,16 +179,15 @@ async def lease(request: web.Request) -> web.Response:
 async def complete(request: web.Request) -> web.Response:
     c, body = request.app[CONTROLLER], await _parse(request, CompleteRequest)
     c.seen(body.worker, "rollout")
-    try:
-        accepted, rejected = c.accept(body.worker, [r.model_dump() for r in body.results], body.seconds)
-    except ValueError as error:
-        return _error(400, f"results: {error}")
-    return web.json_response({"accepted": accepted, "rejected": rejected})
+    accepted, rejected, invalid = c.accept(body.worker, [r.model_dump() for r in body.results], body.seconds)
+    return web.json_response({"accepted": accepted, "rejected": rejected, "invalid": invalid})
 
 
 async def release(request: web.Request) -> web.Response:
     c, body = request.app[CONTROLLER], await _parse(request, ReleaseRequest)
     c.seen(body.worker, "rollout")
+    if body.error is not None:
+        return web.json_response({"released": [i for i in body.leaseIds if c.fail_chunk(body.worker, i, body.error)]})
     return web.json_response({"released": [i for i in body.leaseIds if c.scheduler.release(body.worker, i)]})
 
 

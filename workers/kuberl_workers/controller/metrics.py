@@ -116,7 +116,16 @@ class _Live(Collector):
                 "Purged prompts requeued as a fresh group",
                 lambda: s.counters.prompts_requeued,
             ),
-            ("kuberl_prompts_dropped", "Prompts dropped after a second purge", lambda: s.counters.prompts_dropped),
+            (
+                "kuberl_prompts_dropped",
+                "Prompts dropped (purged twice, or a chunk that failed MAX_CHUNK_FAILURES times)",
+                lambda: s.counters.prompts_dropped,
+            ),
+            (
+                "kuberl_chunks_failed",
+                "Chunks the engine refused alone or whose result was invalid",
+                lambda: s.counters.chunks_failed,
+            ),
             ("kuberl_prompts_skipped", "Prompts longer than maxPromptTokens", lambda: c.prompts.skipped),
             (
                 "kuberl_groups_zero_advantage",

@@ -4,16 +4,17 @@ Time is passed in (`now`, monotonic seconds) so that tests can drive any schedul
 The rules are in `shared/design/algorithms.md` and docs/architecture.md; in short:
 
 - The inference pool P holds at most Omega rollouts; it is refilled with whole GRPO groups while the step is
-  open and fewer than `promptsPerStep` new groups were admitted this step.
+  open, C < Phi, and fewer than `promptsPerStep` new groups were admitted this step.
 - A rollout is generated in chunks of at most `chunkTokens`, each leased to one worker (TODO -> LEASED -> back to
   TODO on expiry, worker death or error; the rollout only changes when the current lease's result is accepted).
 - A finished rollout adds its length to C; a group whose samples are all finished and rewarded enters Q.
 - sigma > 0: the step closes when Q is non-empty and C >= Phi (or nothing more can be admitted and P is empty);
-  unfinished rollouts carry over, age by one per policy update, and are purged (whole group) past sigma.
+  unfinished rollouts carry over, age by one per policy update, and are purged (whole group) past sigma; at
+  each publish, a group holding a token more than sigma versions old is purged too (no trained token is older).
 - sigma = 0 (synchronous): at C >= Phi admission stops, and the step closes once P has drained, so nothing
   carries over.
 - A purged group's prompt is requeued once as a fresh group, then dropped. Trained prompts go to the DONE log
-  before the batch is handed out.
+  before the batch is handed out. A rollout whose chunk fails MAX_CHUNK_FAILURES times drops its group.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kuberl_workers.controller.state import FINISH_REASONS, ChunkRequest, Group, Lease, Rollout
+
+MAX_CHUNK_FAILURES = 3
+"""A rollout whose chunk fails this many times (alone, on any worker) fails the same way again: its group is
+dropped, counted and logged, and a fresh group takes its place in the step, so one poison prompt costs only
+itself, never its batch or the job."""
 
 PromptSource = Callable[[int], tuple[list[int], str] | None]
 """prompt index -> (prompt token ids, reference answer), or None to skip that prompt (too long)."""
@@ -61,6 +67,8 @@ class Counters:
     prompts_requeued: int = 0
     prompts_dropped: int = 0
     tokens_generated: int = 0
+    chunks_failed: int = 0
+    prompts_failed: int = 0
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Scheduler:
         self.requeued_once: set[int] = set()
         self.done: list[tuple[int, int]] = []  # DONE log: (prompt index, step it was trained in)
         self.dropped: list[int] = []
+        self.failed: dict[int, str] = {}  # prompt index -> why its group was dropped (MAX_CHUNK_FAILURES)
         self.cursor = 0  # next dataset prompt index
         self.step = 0  # steps closed so far; the next batch is for step `step`
         self.version = 0  # policy version the rollouts must use
@@ -113,9 +122,9 @@ class Scheduler:
         return self.budget_used >= self.cfg.token_budget
 
     def _admission_open(self) -> bool:
-        if self.awaiting_weights or self.admitted >= self.cfg.prompts_per_step:
-            return False
-        return not (self.cfg.retention == 0 and self._budget_met())
+        # refill only while C < Phi (the paper's `while C < Phi`), whatever sigma: a group admitted after the
+        # budget is met could not generate before the step closes and would start one version old
+        return not (self.awaiting_weights or self.admitted >= self.cfg.prompts_per_step or self._budget_met())
 
     def refill(self) -> None:
         """Admit whole groups while P has room for all G samples of one more."""
@@ -230,6 +239,7 @@ class Scheduler:
             finish_reason = "length"
         if finish_reason is not None:
             rollout.finish_reason = finish_reason
+            rollout.finished_in_step = self.step
             self.budget_used += len(rollout.output_ids)
             self.refill()
         return rollout
@@ -242,6 +252,40 @@ class Scheduler:
         rollout.lease = None
         self.counters.leases_requeued += 1
         return True
+
+    def fail(self, worker: str, lease_id: str, reason: str) -> bool:
+        """The chunk of a current lease failed (the engine refused it alone, or its result was invalid): the
+        chunk returns to the queue, or, at the rollout's MAX_CHUNK_FAILURES-th failure, its whole group is dropped
+        (recorded in `failed` with `reason`) and the step admits a replacement. False for a stale lease.
+        """
+        rollout = self._find_lease(lease_id, worker)
+        if rollout is None:
+            return False
+        rollout.lease = None
+        rollout.failures += 1
+        self.counters.chunks_failed += 1
+        if rollout.failures < MAX_CHUNK_FAILURES:
+            self.counters.leases_requeued += 1
+            return True
+        group = self._discard(rollout.group)
+        self.failed[group.prompt_index] = reason[:500]
+        self.dropped.append(group.prompt_index)
+        self.counters.prompts_dropped += 1
+        self.counters.prompts_failed += 1
+        self.admitted = max(0, self.admitted - 1)  # the step gets another group in its place
+        self.refill()
+        return True
+
+    def _discard(self, group_id: int) -> Group:
+        """Remove a group and its rollouts from P and Q; the tokens its rollouts added to this step's C go too."""
+        group = self.groups.pop(group_id)
+        for rollout_id in group.rollouts:
+            rollout = self.rollouts.pop(rollout_id)
+            if rollout.finished_in_step == self.step:
+                self.budget_used -= len(rollout.output_ids)
+        if group_id in self.ready:
+            self.ready.remove(group_id)
+        return group
 
     def worker_lost(self, worker: str) -> int:
         """A worker died (missed heartbeats, pod gone): every lease it held returns to the queue."""
@@ -341,10 +385,13 @@ class Scheduler:
         for rollout in carried:
             rollout.age += 1
         purge = {r.group for r in carried if r.age > self.cfg.retention}
+        # A rollout that finished between the step's close and this publish was not in flight above, yet its
+        # oldest token may be retention + 1 versions old by the next step: no trained token is older than sigma.
+        purge |= {
+            r.group for r in self.rollouts.values() if r.versions and version - min(r.versions) > self.cfg.retention
+        }
         for group_id in sorted(purge):
-            group = self.groups.pop(group_id)
-            for rollout_id in group.rollouts:
-                self.rollouts.pop(rollout_id)
+            group = self._discard(group_id)
             self.counters.rollouts_purged += len(group.rollouts)
             if group.requeued or group.prompt_index in self.requeued_once:
                 self.dropped.append(group.prompt_index)
@@ -383,6 +430,7 @@ class Scheduler:
             "requeuedOnce": sorted(self.requeued_once),
             "done": self.done,
             "dropped": self.dropped,
+            "failed": self.failed,
             "cursor": self.cursor,
             "step": self.step,
             "version": self.version,
@@ -405,6 +453,7 @@ class Scheduler:
         self.requeued_once = set(state["requeuedOnce"])
         self.done = [(int(index), int(step)) for index, step in state["done"]]
         self.dropped = list(state["dropped"])
+        self.failed = {int(index): why for index, why in state.get("failed", {}).items()}
         self.cursor, self.step, self.version = state["cursor"], state["step"], state["version"]
         self.budget_used, self.admitted = state["budgetUsed"], state["admitted"]
         self.awaiting_weights = state["awaitingWeights"]

@@ -16,7 +16,7 @@ from kuberl_workers.controller.dataset import PromptSet
 from kuberl_workers.controller.metrics import ControllerMetrics
 from kuberl_workers.controller.rewards import REGISTRY, RewardFn, RewardPool
 from kuberl_workers.controller.samples import SampleLog, pick
-from kuberl_workers.controller.scheduler import Batch, Scheduler, SchedulerConfig
+from kuberl_workers.controller.scheduler import MAX_CHUNK_FAILURES, Batch, Scheduler, SchedulerConfig
 from kuberl_workers.controller.state import Rollout
 from kuberl_workers.controller.tensorboard import StepWriter
 from kuberl_workers.tokenizer import Tokenizer, load_tokenizer
@@ -163,18 +163,28 @@ class Controller:
             return []
         return [c.to_json() for c in self.scheduler.lease(worker, max_rollouts, self.clock())]
 
-    def accept(self, worker: str, results: list[dict[str, Any]], seconds: float) -> tuple[list[str], list[str]]:
-        """Apply chunk results; (accepted lease ids, rejected lease ids). Finished rollouts get scored."""
-        accepted, rejected, tokens = [], [], 0
+    def accept(
+        self, worker: str, results: list[dict[str, Any]], seconds: float
+    ) -> tuple[list[str], list[str], list[dict[str, str]]]:
+        """Apply chunk results one by one: (accepted lease ids, stale lease ids, invalid results as
+        {leaseId, error}). An invalid result costs only its own chunk (counted as a failure of it, see
+        Scheduler.fail); the others are applied. Finished rollouts get scored.
+        """
+        accepted, rejected, invalid, tokens = [], [], [], 0
         for result in results:
-            rollout = self.scheduler.complete(
-                worker,
-                result["leaseId"],
-                result["tokenIds"],
-                result["logprobs"],
-                result["finishReason"],
-                result["version"],
-            )
+            try:
+                rollout = self.scheduler.complete(
+                    worker,
+                    result["leaseId"],
+                    result["tokenIds"],
+                    result["logprobs"],
+                    result["finishReason"],
+                    result["version"],
+                )
+            except ValueError as error:  # Scheduler.complete checks before it changes anything
+                self.fail_chunk(worker, result["leaseId"], f"invalid result: {error}")
+                invalid.append({"leaseId": result["leaseId"], "error": str(error)})
+                continue
             if rollout is None:
                 rejected.append(result["leaseId"])
                 continue
@@ -183,7 +193,16 @@ class Controller:
             if rollout.finished:
                 self._score(rollout)
         self.scheduler.record_throughput(worker, tokens, seconds)
-        return accepted, rejected
+        return accepted, rejected, invalid
+
+    def fail_chunk(self, worker: str, lease_id: str, reason: str) -> bool:
+        """A chunk failed alone (Scheduler.fail); a dropped prompt is logged with its reason."""
+        dropped = len(self.scheduler.failed)
+        known = self.scheduler.fail(worker, lease_id, reason)
+        if len(self.scheduler.failed) > dropped:
+            index, why = next(reversed(self.scheduler.failed.items()))
+            log.warning("prompt %d dropped: its chunk failed %d times (%s)", index, MAX_CHUNK_FAILURES, why)
+        return known
 
     def _score(self, rollout: Rollout) -> None:
         group = self.scheduler.groups[rollout.group]

@@ -35,6 +35,10 @@ class Rollout:
     """Chunks accepted so far; part of each lease id and of the engine's sampling seed."""
     finish_reason: str | None = None
     reward: float | None = None
+    finished_in_step: int | None = None
+    """The step whose token budget C this rollout's length was added to (when it finished)."""
+    failures: int = 0
+    """Chunks of this rollout that failed (the engine refused them, or their result was invalid)."""
     lease: Lease | None = None
 
     @property

@@ -16,11 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from kuberl_workers.config import WorkerConfig
 from kuberl_workers.models import model_dir
-from kuberl_workers.rollout.engine import Chunk, Engine
+from kuberl_workers.rollout.engine import Chunk, Engine, Generated
 
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 0.2
 MAX_ENGINE_FAILURES = 5
+"""Generate calls in a row in which not one chunk went through (the engine is broken, not one prompt): exit."""
+Refused = list[tuple[dict[str, Any], str]]
 
 
 class RolloutWorker:
@@ -108,6 +110,32 @@ class RolloutWorker:
 
     # --- the loop ----------------------------------------------------------------------------------------
 
+    async def _generate(self, chunks: list[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], Generated]], Refused]:
+        """Generate a leased batch; when the engine refuses the batch, each chunk alone, so that one poison chunk
+        (a prompt the engine refuses) costs only itself. Returns (chunk, result) pairs and (chunk, error) pairs.
+        """
+        assert self.engine is not None
+        engine = self.engine
+
+        def run(batch: list[dict[str, Any]]) -> list[Generated]:
+            return engine.generate([Chunk(c["promptIds"], c["outputIds"], c["maxTokens"], c["seed"]) for c in batch])
+
+        try:
+            return list(zip(chunks, await asyncio.to_thread(run, chunks), strict=True)), []
+        except Exception as error:
+            log.warning("generate of %d chunks failed (%s: %s)", len(chunks), type(error).__name__, error)
+            if len(chunks) == 1:
+                return [], [(chunks[0], f"{type(error).__name__}: {error}")]
+        done, refused = [], []
+        for chunk in chunks:
+            try:
+                (result,) = await asyncio.to_thread(run, [chunk])
+                done.append((chunk, result))
+            except Exception as error:  # this chunk alone: the controller counts it against its rollout
+                refused.append((chunk, f"{type(error).__name__}: {error}"))
+        log.warning("alone: %d chunks went through, %d were refused", len(done), len(refused))
+        return done, refused
+
     async def _serve_health(self) -> web.AppRunner:
         app = web.Application()
 
@@ -135,7 +163,7 @@ class RolloutWorker:
             model_dir(self.cfg.model, self.cfg.seed),
             dtype=self.cfg.model.dtype,
             seed=self.cfg.seed,
-            max_model_len=task.maxPromptTokens + task.maxNewTokens + 1,
+            max_model_len=task.maxPromptTokens + task.maxNewTokens,
             temperature=task.temperature,
             tensor_parallel_size=self.cfg.scale.tensorParallelSize,
             gpu_memory_utilization=self.cfg.scale.gpuMemoryUtilization,
@@ -171,26 +199,27 @@ class RolloutWorker:
                         await asyncio.sleep(IDLE_SECONDS)
                         continue
                     start = time.perf_counter()
-                    try:
-                        generated = await asyncio.to_thread(
-                            self.engine.generate,
-                            [Chunk(c["promptIds"], c["outputIds"], c["maxTokens"], c["seed"]) for c in chunks],
-                        )
-                    except Exception:
-                        failures += 1
+                    done, refused = await self._generate(chunks)
+                    if refused:
                         self.m_errors.inc()
-                        log.exception("generate failed (%d in a row); releasing %d leases", failures, len(chunks))
                         await self._post(
                             session,
                             "/v1/rollout/release",
-                            {"worker": self.name, "leaseIds": [c["leaseId"] for c in chunks]},
+                            {
+                                "worker": self.name,
+                                "leaseIds": [c["leaseId"] for c, _ in refused],
+                                "error": refused[0][1],
+                            },
                         )
+                    if not done:  # not one chunk went through: the engine itself is failing
+                        failures += 1
                         if failures >= MAX_ENGINE_FAILURES:
+                            log.error("the engine failed %d times in a row; exiting", failures)
                             return 1
                         continue
                     failures = 0
                     seconds = time.perf_counter() - start
-                    tokens = sum(len(g.token_ids) for g in generated)
+                    tokens = sum(len(g.token_ids) for _, g in done)
                     self.m_tps.set(tokens / seconds if seconds > 0 else 0.0)
                     self.m_batch.set(len(chunks))
                     results = [
@@ -201,7 +230,7 @@ class RolloutWorker:
                             "finishReason": "stop" if g.stopped else None,
                             "version": c["version"],
                         }
-                        for c, g in zip(chunks, generated, strict=True)
+                        for c, g in done
                     ]
                     await self._post(
                         session, "/v1/rollout/complete", {"worker": self.name, "results": results, "seconds": seconds}
