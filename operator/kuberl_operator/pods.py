@@ -30,3 +30,21 @@ def terminated(pod: dict[str, Any]) -> tuple[int | None, str]:
             problems = invalid_input_problems(message.splitlines())
             return ended.get("exitCode"), "; ".join(problems) if problems else message
     return None, ""
+
+
+# Pod status reasons of a pod the cluster took away (not a fault of the job): eviction (node pressure or the
+# Eviction API), scheduler preemption, graceful node shutdown, a lost node.
+DISRUPTION_REASONS = frozenset({"Evicted", "Preempting", "NodeShutdown", "Shutdown", "Terminated", "NodeLost"})
+
+
+def disruption(pod: dict[str, Any]) -> str | None:
+    """Why the cluster disrupted this pod (a DisruptionTarget condition's reason, e.g. PreemptionByScheduler,
+    EvictionByEvictionAPI, DeletionByTaintManager, TerminationByKubelet; or an eviction/shutdown status reason),
+    or None when it ended on its own or was deleted by a person.
+    """
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return str(condition.get("reason") or "DisruptionTarget")
+    reason = status.get("reason")
+    return str(reason) if reason in DISRUPTION_REASONS else None

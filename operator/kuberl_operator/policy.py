@@ -51,17 +51,22 @@ def on_failure(
     what: str = "failed",
     exit_code: int | None = None,
     detail: str = "",
+    disrupted: str | None = None,
 ) -> Restart:
     """What to do when a process or pod of `role` failed (or, `what`, was deleted or evicted).
 
     A rollout worker is recreated alone; any trainer rank takes the whole gang down and back (torch.distributed
     cannot lose a rank); the controller restarts from its checkpoint. The restart that would exceed
     `max_restarts` (counted over all roles) fails the job instead, and so does exit code EXIT_INVALID_INPUT (the
-    worker found the job's input invalid: `detail` says why; a restart would find it again).
+    worker found the job's input invalid: `detail` says why; a restart would find it again). A pod the cluster
+    took away (`disrupted`: preemption, eviction, drain) is restarted whatever the count: `restarts_so_far`
+    excludes such restarts, since kuberl is meant for preemptible capacity and no work is lost.
     """
     if exit_code == EXIT_INVALID_INPUT:
         return Restart("fail", 0.0, INVALID_INPUT, f"{name} found the job's input invalid: {detail or 'see its log'}")
-    if restarts_so_far >= max_restarts:
+    if disrupted:
+        what = f"was disrupted ({disrupted}; not counted against faultTolerance.maxRestarts)"
+    elif restarts_so_far >= max_restarts:
         return Restart(
             "fail",
             0.0,

@@ -19,7 +19,7 @@ from kuberl_operator.api.validate import problems_of
 from kuberl_operator.children import adopt, announce_refusals, create_child, delete_pod, event
 from kuberl_operator.children import now as _now
 from kuberl_operator.kube import Kube, path
-from kuberl_operator.pods import phase, role_of, terminated
+from kuberl_operator.pods import disruption, phase, role_of, terminated
 from kuberl_operator.settings import Settings
 
 BACKOFF_ANNOTATION = "kuberl.io/recreate-after"
@@ -126,6 +126,7 @@ async def reconcile(
     outcome = Outcome()
     pods = await kube.list(namespace, "pods", builders.selector(name))
     restarts = {r["name"]: int(r.get("restarts", 0)) for r in old.get("roles") or []}
+    disruptions = {r["name"]: int(r.get("disruptions", 0)) for r in old.get("roles") or []}
     terminal = {x["type"] for x in old.get("conditions") or [] if x.get("status") == "True"} & {c.COMPLETE, c.FAILED}
     failed: tuple[str, str] | None = None
     if c.FAILED in terminal:
@@ -189,14 +190,15 @@ async def reconcile(
             role, _ = role_of(pod)
             pod_id = pod["metadata"]["name"]
             node = (pod.get("spec") or {}).get("nodeName")
-            if node and what == "failed":  # a deletion says nothing about the node
+            disrupted = disruption(pod)
+            if node and what == "failed" and not disrupted:  # a deletion or preemption says nothing of the node
                 nodes[node] = nodes.get(node, 0) + 1
-            consecutive[pod_id] = consecutive.get(pod_id, 0) + 1
+            consecutive[pod_id] = consecutive.get(pod_id, 0) + (0 if disrupted else 1)
             code, detail = terminated(pod)
             decision = policy.on_failure(
                 role,
                 pod_id,
-                sum(restarts.values()),
+                sum(restarts.values()) - sum(disruptions.values()),
                 consecutive[pod_id],
                 ft.maxRestarts,
                 ft.restartBackoffSeconds,
@@ -204,6 +206,7 @@ async def reconcile(
                 what,
                 exit_code=code,
                 detail=detail,
+                disrupted=disrupted,
             )
             await event(kube, body, decision.reason, decision.message, warning=True)
             if decision.action == "fail":
@@ -213,6 +216,8 @@ async def reconcile(
                 break
             restarting = True
             restarts[role] = restarts.get(role, 0) + 1
+            if disrupted:
+                disruptions[role] = disruptions.get(role, 0) + 1
             victims = [pod] if pod in pods else []
             if decision.action in ("restart_gang", "restart_controller"):
                 victims += [p for p in pods if role_of(p)[0] == "trainer" and p is not pod]
@@ -304,6 +309,7 @@ async def reconcile(
         pods=pods,
         desired=desired,
         restarts=restarts,
+        disruptions=disruptions,
         controller=report,
         suspended=job.spec.suspend,
         failed=failed,

@@ -18,6 +18,7 @@ class Observed:
     pods: list[dict[str, Any]]
     desired: dict[str, int]
     restarts: dict[str, int]
+    disruptions: dict[str, int] = field(default_factory=dict)  # restarts (of `restarts`) caused by disruptions
     controller: dict[str, Any] | None = None  # /v1/status of the job's controller, when reachable
     suspended: bool = False
     failed: tuple[str, str] | None = None  # (reason, message) of a terminal failure
@@ -164,7 +165,13 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
         "observedGeneration": seen.generation,
         "conditions": conds,
         "roles": [
-            {"name": r, "desired": seen.desired[r], "ready": ready[r], "restarts": seen.restarts.get(r, 0)}
+            {
+                "name": r,
+                "desired": seen.desired[r],
+                "ready": ready[r],
+                "restarts": seen.restarts.get(r, 0),
+                "disruptions": seen.disruptions.get(r, 0),
+            }
             for r in ROLES
         ],
         "rollouts": f"{ready['rollout']}/{seen.desired['rollout']}",

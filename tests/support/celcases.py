@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from kuberl_workers.catalog import BUILTIN_CONTEXT
 from support.specs import DELETE, minimal_job
 
 # (id, mutations, field paths both must report). Each case breaks exactly one thing.
@@ -42,6 +43,7 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
     ("pin-below-min", {"spec.rollout": {"minReplicas": 2, "maxReplicas": 3, "replicas": 1}}, {"spec.rollout.replicas"}),
     ("alpha-not-below-beta", {"spec.algorithm.icepop": {"alpha": 1.0, "beta": 1.0}}, {"spec.algorithm.icepop.alpha"}),
     ("chunk-above-max-tokens", {"spec.c3po.chunkTokens": 512}, {"spec.c3po.chunkTokens"}),
+    ("beyond-builtin-context", {"spec.task.maxNewTokens": 257}, {"spec.task.maxNewTokens"}),
     ("pool-below-group", {"spec.c3po.inferencePoolCapacity": 2}, {"spec.c3po.inferencePoolCapacity"}),
     ("model-path-and-builtin", {"spec.model.path": "/models/x"}, {"spec.model"}),
     ("model-neither", {"spec.model": {"dtype": "float32"}}, {"spec.model"}),
@@ -79,7 +81,18 @@ def valid_specs() -> st.SearchStrategy[dict[str, Any]]:
         lo = draw(st.integers(1, 64))
         hi = lo + draw(st.integers(0, 64))
         pinned = draw(st.one_of(st.none(), st.integers(lo, hi)))
-        max_new = draw(st.integers(1, 131072))
+        model = draw(
+            st.sampled_from(
+                [
+                    {"builtin": "tiny"},
+                    {"builtin": "smollm2-135m-instruct"},
+                    {"path": "/m"},
+                    {"volume": "models", "path": "m"},
+                ]
+            )
+        )
+        # a built-in model's context holds the default 256 prompt tokens plus the new ones
+        max_new = draw(st.integers(1, BUILTIN_CONTEXT[model["builtin"]] - 256 if "builtin" in model else 131072))
         group = draw(st.integers(2, 1024))
         lease = draw(st.integers(2, 86400))
         backoff_cap = draw(st.integers(0, 86400))
@@ -88,16 +101,7 @@ def valid_specs() -> st.SearchStrategy[dict[str, Any]]:
         if pinned is not None:
             rollout["replicas"] = pinned
         spec: dict[str, Any] = {
-            "model": draw(
-                st.sampled_from(
-                    [
-                        {"builtin": "tiny"},
-                        {"builtin": "smollm2-135m-instruct"},
-                        {"path": "/m"},
-                        {"volume": "models", "path": "m"},
-                    ]
-                )
-            ),
+            "model": model,
             "task": {
                 "dataset": draw(
                     st.sampled_from(

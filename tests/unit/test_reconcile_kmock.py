@@ -247,3 +247,40 @@ async def test_without_network_policy_setting_no_policy_is_requested(api: tuple[
     _, kube = api
     await reconcile_and_patch(kube, await _job(kube))
     assert await kube.get("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/job-pods") is None
+
+
+async def test_disruptions_are_recreated_without_counting_against_max_restarts(
+    api: tuple[EmulatedApiServer, Kube],
+) -> None:
+    """#15 kind 7: with maxRestarts 3, the fourth preemption of a rollout pod failed the job though no work was
+    lost. Right: a pod the cluster took away (DisruptionTarget, Evicted) is recreated whatever the count, the
+    restart is still shown, and its node is not blamed; a plain failure still counts."""
+    _, kube = api
+    await reconcile_and_patch(
+        kube, await _job(kube, faultTolerance={"maxRestarts": 1, "restartBackoffSeconds": 0, "nodeFailureThreshold": 1})
+    )
+    disruptions = [
+        {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]},
+        {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]},
+        {"reason": "Evicted", "message": "The node was low on resource: memory."},
+        {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]},
+        {"reason": "Terminated", "message": "Pod was terminated in response to imminent node shutdown."},
+    ]
+    for status in disruptions:
+        await _set_phase(kube, "job-rollout-0", "Failed", ready=False)
+        await kube.merge_patch(path("default", "pods", "job-rollout-0", "status"), {"status": status})
+        outcome = await reconcile_and_patch(kube, await _body(kube))
+        assert outcome.permanent_error is None
+        assert "job-rollout-0" in outcome.created
+    body = await _body(kube)
+    roles = {r["name"]: r for r in body["status"]["roles"]}
+    assert (roles["rollout"]["restarts"], roles["rollout"]["disruptions"]) == (5, 5)
+    assert body["status"]["avoidedNodes"] == []
+    messages = [m for reason, m in await _events(kube) if reason == "PodRecreated"]
+    assert len(messages) == 5 and "PreemptionByScheduler; not counted against faultTolerance.maxRestarts" in messages[0]
+    await _set_phase(kube, "job-rollout-0", "Failed", ready=False)  # a real failure: counted (1 of 1)
+    assert (await reconcile_and_patch(kube, await _body(kube))).permanent_error is None
+    await _set_phase(kube, "job-rollout-0", "Failed", ready=False)
+    await reconcile_and_patch(kube, await _body(kube))
+    failed = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "RestartLimitExceeded")

@@ -294,7 +294,9 @@ class FaultToleranceSpec(ApiModel):
     """How faults are survived: restarts, backoff, work leases, bad-node avoidance."""
 
     maxRestarts: int = Field(10, ge=0, le=100000)
-    """Restarts of any kind (pod, gang, controller) after which the job is Failed."""
+    """Restarts of any kind (pod, gang, controller) after which the job is Failed. Restarts after a disruption
+    (preemption, eviction, node drain or shutdown) are shown in status.roles but not counted: kuberl is meant for
+    preemptible capacity, and a disrupted pod loses no work."""
     restartBackoffSeconds: int = Field(10, ge=0, le=3600)
     """First delay before recreating a failed pod; doubles per consecutive failure up to maxRestartBackoffSeconds."""
     maxRestartBackoffSeconds: int = Field(300, ge=0, le=86400)
@@ -399,7 +401,7 @@ class RLJobSpec(ApiModel):
             field="task.maxNewTokens",
             check=lambda m: (
                 CONTEXT_MESSAGE
-                if m.model.builtin is not None
+                if m.model.builtin in BUILTIN_CONTEXT
                 and m.task.maxPromptTokens + m.task.maxNewTokens > BUILTIN_CONTEXT[m.model.builtin]
                 else None
             ),

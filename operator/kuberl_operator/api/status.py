@@ -41,7 +41,10 @@ class RoleStatus(ApiModel):
     ready: int = Field(0, ge=0)
     """Pods running and ready."""
     restarts: int = Field(0, ge=0)
-    """Restarts of this role since the job started (for the trainer: gang restarts)."""
+    """Restarts of this role since the job started (for the trainer: gang restarts), disruptions included."""
+    disruptions: int = Field(0, ge=0)
+    """Of these, restarts after a disruption (preemption, eviction, node drain or shutdown: a DisruptionTarget
+    condition or an Evicted/Preempting/Shutdown pod): not counted against faultTolerance.maxRestarts."""
 
 
 class RLJobStatus(ApiModel):
