@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from kuberl_operator import builders
+from kuberl_operator.api.conditions import POD_START_REASONS
 from kuberl_workers.config import invalid_input_problems
 
 
@@ -48,3 +51,50 @@ def disruption(pod: dict[str, Any]) -> str | None:
             return str(condition.get("reason") or "DisruptionTarget")
     reason = status.get("reason")
     return str(reason) if reason in DISRUPTION_REASONS else None
+
+
+def start_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when a pod cannot start: a container (or init container) waiting for a reason in
+    conditions.POD_START_REASONS, or a PodScheduled=False/Unschedulable condition; None otherwise.
+    """
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in POD_START_REASONS:
+                message = str(waiting.get("message") or "").strip()
+                where = f"{name}: container {container.get('name')}: {reason}"
+                return str(reason), f"{where}: {message}"[:1000] if message else where
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            reason = str(condition.get("reason") or "Unschedulable")
+            if reason in POD_START_REASONS:
+                message = str(condition.get("message") or "").strip()
+                return reason, f"{name}: {reason}: {message}"[:1000] if message else f"{name}: {reason}"
+    return None
+
+
+def start_deadline(pods: Sequence[dict[str, Any]], deadline: int, now: float) -> tuple[str | None, float | None]:
+    """(why the job fails, None) when a pod has been Pending longer than `deadline` seconds since its creation
+    (a late pod with a known reason, e.g. ImagePullBackOff, is named first); else (None, seconds until the next
+    Pending pod would pass it, or None when no pod is Pending).
+    """
+    wait: float | None = None
+    late: list[dict[str, Any]] = []
+    for pod in pods:
+        if phase(pod) not in (None, "Pending") or pod["metadata"].get("deletionTimestamp"):
+            continue
+        created = pod["metadata"].get("creationTimestamp")
+        if not created:
+            continue
+        age = now - datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+        if age > deadline:
+            late.append(pod)
+        wait = deadline - age if wait is None else min(wait, deadline - age)
+    if late:
+        problems = [problem[1] for pod in late if (problem := start_problem(pod))]
+        why = problems[0] if problems else f"{late[0]['metadata']['name']}: Pending"
+        return f"not started within faultTolerance.startDeadlineSeconds={deadline}s: {why}", None
+    return None, None if wait is None else max(wait, 0.0) + 1.0

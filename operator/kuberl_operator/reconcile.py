@@ -19,7 +19,7 @@ from kuberl_operator.api.validate import problems_of
 from kuberl_operator.children import adopt, announce_refusals, create_child, delete_pod, event
 from kuberl_operator.children import now as _now
 from kuberl_operator.kube import Kube, path
-from kuberl_operator.pods import disruption, phase, role_of, terminated
+from kuberl_operator.pods import disruption, phase, role_of, start_deadline, terminated
 from kuberl_operator.settings import Settings
 
 BACKOFF_ANNOTATION = "kuberl.io/recreate-after"
@@ -228,6 +228,15 @@ async def reconcile(
                 await release(pod)
             await delete_pods(victims, "restart")
             pods = [p for p in pods if p not in victims]
+        if not failed and ft.startDeadlineSeconds is not None:
+            late, wait = start_deadline(pods, ft.startDeadlineSeconds, clock())
+            if late is not None:
+                failed = (c.START_DEADLINE_EXCEEDED, late)
+                await event(kube, body, c.START_DEADLINE_EXCEEDED, late, warning=True)
+                await delete_pods(pods, "failed-job")
+                pods = []
+            elif wait is not None:
+                outcome.requeue(wait)
         if not failed:
             wanted = [("controller", 0)] + [("trainer", i) for i in range(desired["trainer"])]
             present = {role_of(p) for p in pods}
@@ -322,6 +331,7 @@ async def reconcile(
         refused=outcome.refused,
     )
     new = st.compute(old, seen, now)
+    await _announce_start_problem(kube, body, old, new)
     await announce_refusals(kube, body, old, outcome.refused)
     outcome.status_patch = st.diff(old, new)
     if failed and c.FAILED not in terminal:
@@ -386,6 +396,18 @@ async def _ensure_shared_children(
         if await kube.get(path(namespace, "networkpolicies", policy_name)) is None:
             manifest = builders.build_network_policy(job, cfg, settings.operator_namespace, settings.metrics_from)
             await create_child(kube, namespace, "networkpolicies", adopt(manifest, body), outcome)
+
+
+async def _announce_start_problem(kube: Kube, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+    """One Warning event when the Ready condition starts to name why a pod cannot start (ImagePullBackOff, ...)."""
+
+    def ready(status: dict[str, Any]) -> tuple[str, str]:
+        found: dict[str, Any] = next((x for x in status.get("conditions") or [] if x.get("type") == c.READY), {})
+        return found.get("reason", ""), found.get("message", "")
+
+    reason, message = ready(new)
+    if reason in c.POD_START_REASONS and ready(old)[0] != reason:
+        await event(kube, body, reason, message, warning=True)
 
 
 async def reconcile_and_patch(

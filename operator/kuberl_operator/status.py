@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kuberl_operator.api import conditions as c
+from kuberl_operator.pods import start_problem
 
 ROLES = ("controller", "trainer", "rollout")
 
@@ -81,6 +82,8 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
         summary = (c.CREATE_REFUSED, "; ".join(seen.refused))
     elif all_ready:
         summary = (c.RUNNING, "all pods ready")
+    elif stuck := next((problem for p in pods if (problem := start_problem(p))), None):
+        summary = stuck  # the kubelet's or the scheduler's reason: ImagePullBackOff, Unschedulable, ...
     else:
         summary = (
             c.PENDING,

@@ -60,3 +60,23 @@ def test_metrics_keep_each_step_once_and_mark_restarts(tmp_path: Path) -> None:
     assert [r["rewardMean"] for r in again.rows][2:] == [0.5, 0.6]
     picture = plot(again.rows, tmp_path / "progress.png")
     assert picture is not None and picture.stat().st_size > 1000
+
+
+def test_start_deadline_bounds_the_wait_for_the_controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """faultTolerance.startDeadlineSeconds in `kuberl run`: a controller that never answers ends the run with
+    StartDeadlineExceeded instead of a progress line at step 0 for ever."""
+    out = io.StringIO()
+    job = RLJob.model_validate(minimal_job(faultTolerance={"startDeadlineSeconds": 2}))
+    run = LocalRun(job, tmp_path, display=Display(out))
+    monkeypatch.setattr(run, "preflight", lambda: [])
+
+    def start(child: Child) -> None:  # a worker that never serves
+        child.proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        child.started = time.monotonic()
+
+    monkeypatch.setattr(run, "_start", start)
+    began = time.monotonic()
+    assert run.run() == 1
+    assert time.monotonic() - began < 30
+    assert "FAILED (StartDeadlineExceeded): the controller did not answer within" in out.getvalue()
+    assert all(not c.running for c in run.children)

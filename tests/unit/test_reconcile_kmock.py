@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -284,3 +285,46 @@ async def test_disruptions_are_recreated_without_counting_against_max_restarts(
     await reconcile_and_patch(kube, await _body(kube))
     failed = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "RestartLimitExceeded")
+
+
+async def test_a_pod_that_cannot_start_says_why_and_fails_at_the_start_deadline(
+    api: tuple[EmulatedApiServer, Kube],
+) -> None:
+    """#15 kind 2: every pod Pending in ImagePullBackOff read only "waiting for pods" for 168 hours. Right: the
+    waiting reason in the Ready condition and one Warning event; with startDeadlineSeconds, Failed with it."""
+    _, kube = api
+    now = [time.time()]
+    await reconcile_and_patch(kube, await _job(kube, faultTolerance={"startDeadlineSeconds": 600}))
+    waiting = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "name": "rollout",
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}},
+            }
+        ],
+    }
+    await kube.merge_patch(path("default", "pods", "job-rollout-0", "status"), {"status": waiting})
+    unschedulable = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes available"}
+        ],
+    }
+    outcome = await reconcile_and_patch(kube, await _body(kube), clock=lambda: now[0])
+    assert outcome.requeue_after is not None and 500 < outcome.requeue_after <= 601
+    ready = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Ready")
+    assert (ready["reason"], ready["message"]) == (
+        "ImagePullBackOff",
+        'job-rollout-0: container rollout: ImagePullBackOff: Back-off pulling image "nope:1"',
+    )
+    await reconcile_and_patch(kube, await _body(kube), clock=lambda: now[0])  # the event is not repeated
+    assert [r for r, _ in await _events(kube)].count("ImagePullBackOff") == 1
+    await kube.merge_patch(path("default", "pods", "job-trainer-0", "status"), {"status": unschedulable})
+    now[0] += 601
+    outcome = await reconcile_and_patch(kube, await _body(kube), clock=lambda: now[0])
+    failed = next(x for x in (await _body(kube))["status"]["conditions"] if x["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "StartDeadlineExceeded")
+    assert failed["message"].startswith("not started within faultTolerance.startDeadlineSeconds=600s: job-")
+    assert "ImagePullBackOff" in failed["message"] or "Unschedulable" in failed["message"]
+    assert await _pods(kube) == []

@@ -40,9 +40,26 @@ NODES_AVOIDED: Final = "NodesAvoided"
 HEALTHY: Final = "Healthy"
 CREATE_REFUSED: Final = "CreateRefused"
 INVALID_INPUT: Final = "InvalidInput"
+START_DEADLINE_EXCEEDED: Final = "StartDeadlineExceeded"
+# Why a pod cannot start, passed through from the kubelet (a container's waiting reason) or the scheduler (the
+# PodScheduled condition): the Ready condition carries it while the job waits.
+POD_START_REASONS: Final[dict[str, str]] = {
+    "ImagePullBackOff": "A container image cannot be pulled (wrong name or tag, no access); the kubelet backs off.",
+    "ErrImagePull": "Pulling a container image failed.",
+    "InvalidImageName": "A container image name cannot be parsed.",
+    "ErrImageNeverPull": "imagePullPolicy Never and the image is not on the node.",
+    "CreateContainerConfigError": "A container's configuration refers to something missing (a Secret, a "
+    "ConfigMap, a key in one).",
+    "CreateContainerError": "The container runtime could not create a container.",
+    "RunContainerError": "The container runtime could not start a container.",
+    "Unschedulable": "The scheduler finds no node for a pod (resources, node selector, taints, affinity).",
+}
 
 REASONS: Final[dict[str, str]] = {
     PENDING: "Pods are being created or are not yet ready.",
+    **{reason: f"Ready is False: {text} The message names the pod." for reason, text in POD_START_REASONS.items()},
+    START_DEADLINE_EXCEEDED: "A pod was not running and ready within faultTolerance.startDeadlineSeconds of its "
+    "creation; the message gives the pod and why it waited (e.g. ImagePullBackOff). Terminal.",
     RUNNING: "Every role is ready and steps advance.",
     RESTARTING: "A pod, the trainer gang or the controller is being recreated after a failure.",
     SUSPENDED_BY_USER: "spec.suspend is true.",

@@ -307,6 +307,12 @@ class FaultToleranceSpec(ApiModel):
     """Workers heartbeat this often; three missed heartbeats declare a worker dead and requeue its leases."""
     nodeFailureThreshold: int = Field(3, ge=1, le=1000)
     """Pod failures on one node after which the job's new pods avoid that node."""
+    startDeadlineSeconds: int | None = Field(None, ge=1, le=604800)
+    """A pod still Pending (not started: its image cannot be pulled, no node fits it, a Secret it needs is
+    missing) this long after its creation fails the job with reason StartDeadlineExceeded and the pod's waiting
+    reason. Unset: no deadline; the Ready condition still names the waiting reason (ImagePullBackOff,
+    Unschedulable, ...). `kuberl run` starts processes, not pods: there it bounds the time until the controller
+    process first answers."""
 
     rules = (
         ordered("heartbeatSeconds", "<", "leaseSeconds"),

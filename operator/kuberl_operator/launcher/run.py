@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kuberl_operator import policy
+from kuberl_operator.api import conditions as c
 from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.launcher.children import (
     CONTROLLER_HOST,
@@ -356,6 +357,8 @@ class LocalRun:
         started = time.monotonic()
         progress = Progress(job=name, steps=self.job.spec.algorithm.steps)
         code = 1
+        deadline = self.job.spec.faultTolerance.startDeadlineSeconds
+        answered = False
         try:
             while True:
                 now = time.monotonic()
@@ -367,6 +370,13 @@ class LocalRun:
                     code = 130
                     break
                 status = self._api("GET", "/v1/status")
+                answered = answered or status is not None
+                if not answered and deadline is not None and now - started > deadline:
+                    self.display.message(
+                        f"FAILED ({c.START_DEADLINE_EXCEEDED}): the controller did not answer within "
+                        f"faultTolerance.startDeadlineSeconds={deadline}s (see {self.run_dir / 'logs'})"
+                    )
+                    break
                 complete = bool(status and status["complete"])
                 result = self._supervise(now, complete)
                 if result is not None:
