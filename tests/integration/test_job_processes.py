@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -124,3 +126,96 @@ def test_three_steps_with_real_processes(tmp_path: Path, tiny_dir: Path) -> None
                 proc.kill()
         for handle in logs.values():
             handle.close()
+
+
+def test_a_gang_that_lost_its_checkpoints_starts_over_with_the_controller(tmp_path: Path, tiny_dir: Path) -> None:
+    """#15 kind 4, with real processes: no checkpoint volume (each pod its own emptyDir), the trainer killed after
+    step 3 and its checkpoints gone with it. Before, the controller told the new trainer to resume at step 3, which
+    it trained from the initial weights. Now controller, trainer and engine all go back to step 0 and finish.
+    """
+    ports = Ports(controller=free_port(), rollout=free_port(), trainer=free_port(), rendezvous=free_port())
+    spec: dict[str, Any] = dict(
+        model={"path": str(tiny_dir), "dtype": "float32"},
+        task={
+            "dataset": {"builtin": "arithmetic"},
+            "reward": "numeric",
+            "promptsPerStep": 2,
+            "samplesPerPrompt": 2,
+            "maxPromptTokens": 16,
+            "maxNewTokens": 4,
+        },
+        c3po={"tokenBudget": 8, "retention": 1, "inferencePoolCapacity": 4, "chunkTokens": 4},
+        algorithm={"steps": 5, "learningRate": 1e-3},
+        checkpoint={"everySteps": 2, "keep": 2},
+    )
+    env = {
+        **os.environ,
+        ENV_TOKEN_FILE: str(tmp_path / "token"),
+        ENV_CONTROLLER_URL: f"http://127.0.0.1:{ports.controller}",
+        ENV_POD_IP: "127.0.0.1",
+        ENV_INDEX: "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    (tmp_path / "token").write_text(TOKEN)
+    for role in ("controller", "rollout", "trainer"):  # a checkpoint directory per process, as emptyDirs are
+        cfg = job_config(tmp_path / f"{role}-ckpt", **spec).model_copy(update={"ports": ports})
+        (tmp_path / f"{role}.json").write_text(cfg.model_dump_json())
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = []
+
+    def launch(role: str, log_name: str) -> None:
+        logs.append((tmp_path / log_name).open("w"))
+        procs[role] = subprocess.Popen(
+            [sys.executable, "-m", f"kuberl_workers.{role}"],
+            env={**env, ENV_CONFIG: str(tmp_path / f"{role}.json")},
+            stdout=logs[-1],
+            stderr=subprocess.STDOUT,
+        )
+
+    def status() -> dict[str, Any]:
+        try:
+            return dict(_get(f"{env[ENV_CONTROLLER_URL]}/v1/status")[1])
+        except OSError:
+            return {}
+
+    def wait_for(done: Any, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            for role, proc in procs.items():
+                assert proc.poll() is None or (role == "trainer" and proc.returncode == 0), (role, _logs(tmp_path))
+            now = status()
+            if done(now):
+                return now
+            time.sleep(0.1)
+        raise AssertionError(f"{what} not reached: {status()}\n{_logs(tmp_path)}")
+
+    for role in ("controller", "rollout", "trainer"):
+        launch(role, f"{role}.log")
+    try:
+        wait_for(lambda s: s.get("policyVersion", 0) >= 3, "policy version 3")
+        procs["trainer"].send_signal(signal.SIGKILL)
+        procs["trainer"].wait(timeout=30)
+        shutil.rmtree(tmp_path / "trainer-ckpt")  # the pod's emptyDir is gone with it
+        launch("trainer", "trainer-2.log")
+        wait_for(lambda s: s.get("complete"), "completion")
+        assert procs["trainer"].wait(timeout=60) == 0, _logs(tmp_path)
+        assert "resumes at step 0" in (tmp_path / "trainer-2.log").read_text()
+        assert "starting over from step 0" in (tmp_path / "controller.log").read_text()
+        assert "loaded weights v0" in (tmp_path / "rollout.log").read_text()  # the engine went back too
+        trained = [line for line in (tmp_path / "trainer-2.log").read_text().splitlines() if ": loss " in line]
+        assert [line.split("step ")[1].split(":")[0] for line in trained] == ["1", "2", "3", "4", "5"]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for handle in logs:
+            handle.close()
+
+
+def _logs(directory: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(directory.glob("*.log")))

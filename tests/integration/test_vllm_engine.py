@@ -70,3 +70,41 @@ async def test_a_poison_chunk_costs_only_itself(engine: Engine, tmp_path: Path) 
     assert all(len(g.token_ids) == 4 for _, g in done)
     ((chunk, error),) = refused
     assert chunk["leaseId"] == "1-1" and "empty" in error, error
+
+
+RELOAD_WITH_ENGINE_CORE_PROCESS = """
+import json, sys
+from pathlib import Path
+from kuberl_workers.rollout.engine import Chunk, Engine
+engine = Engine(sys.argv[1], dtype="float32", seed=0, max_model_len=64, temperature=1.0)
+chunks = [Chunk(p, [], 8, seed=3) for p in json.loads(sys.argv[3])]
+before = [g.token_ids for g in engine.generate(chunks)]
+engine.load_weights(Path(sys.argv[2]), version=1)
+other = [g.token_ids for g in engine.generate(chunks)]
+engine.load_weights(Path(sys.argv[1]), version=0)
+back = [g.token_ids for g in engine.generate(chunks)]
+print("RESULT " + json.dumps({"before": before, "other": other, "back": back, "bytes": engine.weight_load_bytes}))
+"""
+
+
+def test_weight_reload_with_the_multiprocess_engine_core(tiny_dir: Path, other_weights: Path) -> None:
+    """#15 kind 3: with vLLM's default multiprocess engine core (what the GPU image runs) a tensor iterator cannot
+    cross into the engine process ("generator is not serializable"); the worker loads by path inside it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", RELOAD_WITH_ENGINE_CORE_PROCESS, str(tiny_dir), str(other_weights), json.dumps(PROMPTS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    result = json.loads(lines[0][len("RESULT ") :])
+    assert result["other"] != result["before"] and result["back"] == result["before"]
+    assert result["bytes"] > 0

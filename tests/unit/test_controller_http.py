@@ -17,22 +17,10 @@ from kuberl_workers.controller.rewards import RewardFn, numeric
 from kuberl_workers.controller.service import Controller
 from kuberl_workers.tokenizer import ByteTokenizer
 from support import hostile_rewards
+from support.controller_http import AUTH, SPEC, generate_step
 from support.jobs import TOKEN, job_config
 
 Client = TestClient[web.Request, web.Application]
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SPEC = dict(
-    task={
-        "dataset": {"builtin": "arithmetic"},
-        "reward": "numeric",
-        "promptsPerStep": 2,
-        "samplesPerPrompt": 2,
-        "maxNewTokens": 8,
-    },
-    c3po={"tokenBudget": 4, "retention": 1, "inferencePoolCapacity": 4, "chunkTokens": 8},
-    algorithm={"steps": 3},
-    checkpoint={"everySteps": 1, "keep": 2},
-)
 
 
 async def _client(tmp_path: Path, reward: RewardFn = numeric, limits: Limits | None = None) -> Client:
@@ -84,47 +72,12 @@ async def test_oversized_and_malformed_bodies(client: Client) -> None:
     assert (await client.get("/v1/status", headers=AUTH)).status == 200  # still serving
 
 
-async def _generate_step(client: Client, worker: str = "r0") -> int:
-    """Lease and answer every chunk with a correct-length, stopping completion; return chunks completed."""
-    done = 0
-    first = (await (await client.get("/v1/status", headers=AUTH)).json())["step"]
-    for _ in range(50):
-        status = await (await client.get("/v1/status", headers=AUTH)).json()
-        reply = await client.post(
-            "/v1/rollout/lease",
-            json={"worker": worker, "maxRollouts": 8, "version": status["policyVersion"]},
-            headers=AUTH,
-        )
-        chunks = (await reply.json())["chunks"]
-        if not chunks:
-            if (await client.get(f"/v1/trainer/batch?step={first}", headers=AUTH)).status == 200:
-                return done
-            await asyncio.sleep(0.1)
-            continue
-        results = [
-            {
-                "leaseId": c["leaseId"],
-                "tokenIds": [52, 50],
-                "logprobs": [-0.5, -0.25],
-                "finishReason": "stop",
-                "version": c["version"],
-            }
-            for c in chunks
-        ]
-        reply = await client.post(
-            "/v1/rollout/complete", json={"worker": worker, "results": results, "seconds": 0.5}, headers=AUTH
-        )
-        assert reply.status == 200 and not (await reply.json())["rejected"]
-        done += len(chunks)
-    raise AssertionError("step never became ready")
-
-
 async def test_step_loop_over_http(client: Client, tmp_path: Path) -> None:
     reg = await client.post("/v1/workers/register", json={"worker": "r0", "role": "rollout"}, headers=AUTH)
     assert (await reg.json())["version"] == 0
     stale = await client.post("/v1/rollout/lease", json={"worker": "r0", "maxRollouts": 1, "version": 5}, headers=AUTH)
     assert stale.status == 409 and (await stale.json())["version"] == 0
-    assert await _generate_step(client) >= 2
+    assert await generate_step(client) >= 2
     batch = await (await client.get("/v1/trainer/batch?step=0", headers=AUTH)).json()
     group = batch["groups"][0]
     assert group["rollouts"][0]["outputIds"] == [52, 50] and group["rollouts"][0]["versions"] == [0, 0]
@@ -187,7 +140,7 @@ async def test_step_loop_over_http(client: Client, tmp_path: Path) -> None:
 
 async def test_restart_restores_checkpointed_state(tmp_path: Path) -> None:
     client = await _client(tmp_path)
-    await _generate_step(client)
+    await generate_step(client)
     await client.post(
         "/v1/trainer/published", json={"version": 1, "weightsUri": "u1", "checkpoint": True}, headers=AUTH
     )
@@ -212,7 +165,7 @@ async def test_hanging_reward_does_not_stall_the_step(tmp_path: Path) -> None:
     try:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        await _generate_step(client)
+        await generate_step(client)
         assert loop.time() - start < 20
         batch = await (await client.get("/v1/trainer/batch?step=0", headers=AUTH)).json()
         assert all(r["reward"] == 0.0 for g in batch["groups"] for r in g["rollouts"])
@@ -223,7 +176,7 @@ async def test_hanging_reward_does_not_stall_the_step(tmp_path: Path) -> None:
 
 
 async def test_replayed_and_future_versions_and_lost_workers(client: Client) -> None:
-    await _generate_step(client)
+    await generate_step(client)
     first = await client.post("/v1/trainer/published", json={"version": 1, "weightsUri": "u1"}, headers=AUTH)
     assert (await first.json())["outcome"] == "advanced"
     again = await client.post("/v1/trainer/published", json={"version": 1, "weightsUri": "u1"}, headers=AUTH)

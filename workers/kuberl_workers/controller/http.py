@@ -210,6 +210,13 @@ async def batch(request: web.Request) -> web.Response:
     if found is None:
         if c.complete:
             return _error(410, "the job is complete", complete=True)
+        if c.trainer_behind(int(raw)):
+            return _error(
+                409,
+                f"step {raw} is beyond the controller's step {c.scheduler.step} (it was restored from an older "
+                "checkpoint): restart the trainer gang",
+                step=c.scheduler.step,
+            )
         return web.Response(status=204)
     return web.json_response({"step": found.step, "groups": found.groups})
 

@@ -300,16 +300,36 @@ class Controller:
         return self.replay.get(step)
 
     def trainer_resume_step(self, trainer_step: int) -> int:
-        """The step a (re)starting trainer gang must resume from, rewinding the controller if needed."""
-        if trainer_step >= self.scheduler.step or all(
-            s in self.replay for s in range(trainer_step, self.scheduler.step)
-        ):
-            return min(trainer_step, self.scheduler.step)
+        """The step a (re)starting trainer gang that holds a checkpoint of `trainer_step` must resume from; never
+        later than `trainer_step`. The controller keeps its own step when it can serve every batch from there
+        (the replay log); otherwise it rewinds to its newest checkpoint at or below `trainer_step`, or starts over
+        from step 0 when it has none (a gang whose checkpoints were lost with its pods: no checkpoint volume).
+        """
+        s = self.scheduler
+        if trainer_step >= s.step or all(step in self.replay for step in range(trainer_step, s.step)):
+            return min(trainer_step, s.step)
         rewound = self._restore(max_step=trainer_step)
-        if rewound is not None:
-            self.scheduler = rewound
-            self.replay.clear()
-        return self.scheduler.step
+        if rewound is None:
+            log.warning(
+                "the trainer gang resumes at step %d and no controller checkpoint is that old: starting over from "
+                "step 0 (steps 1-%d are trained again)",
+                trainer_step,
+                s.step,
+            )
+            rewound = Scheduler(self.sched_cfg, self.prompts)
+            self.weights_uri, self.history = "", []
+        else:
+            log.warning("the trainer gang resumes at step %d: rewound from step %d", rewound.step, s.step)
+        self.scheduler = rewound
+        self.replay.clear()
+        self._purged_recorded = rewound.counters.rollouts_purged
+        return rewound.step
+
+    def trainer_behind(self, step: int) -> bool:
+        """True when a trainer asks for a batch beyond the controller's step: the controller went back (it was
+        restored from an older checkpoint) and that batch will never come; the gang must restart with it.
+        """
+        return step > self.scheduler.step
 
     def published(
         self,

@@ -56,6 +56,33 @@ def refresh_tied_layers(worker: Any) -> int:
     return refreshed
 
 
+def reload_from_path(worker: Any, path: str) -> int:
+    """Runs inside an engine worker process: reload the weights in `path` in place (vLLM's `reload_weights`),
+    then refresh tied layers. Returns the bytes read.
+    """
+    size = 0
+
+    def counted() -> Iterator[tuple[str, Any]]:
+        nonlocal size
+        for name, tensor in iter_safetensors(Path(path)):
+            size += tensor.numel() * tensor.element_size()
+            yield name, tensor
+
+    worker.reload_weights(weights_iterator=counted())
+    refresh_tied_layers(worker)
+    return size
+
+
+class WorkerExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`), so the engine can call it by name through
+    `collective_rpc` in every engine process, as verl and OpenRLHF do: a callable would have to be pickled, which
+    vLLM refuses by default (VLLM_ALLOW_INSECURE_SERIALIZATION), and a tensor iterator cannot be sent at all.
+    """
+
+    def kuberl_reload_from_path(self, path: str) -> int:
+        return reload_from_path(self, path)
+
+
 def _on_gpu() -> bool:
     import torch
 
@@ -110,6 +137,7 @@ class Engine:
             gpu_memory_utilization=gpu_memory_utilization,
             # logprobs of the distribution actually sampled from (after temperature), which IcePop's k needs
             logprobs_mode="processed_logprobs",
+            worker_extension_cls=f"{__name__}.WorkerExtension",
             **extra,
         )
 
@@ -153,19 +181,15 @@ class Engine:
         return results
 
     def load_weights(self, path: Path, version: int) -> None:
-        """Load published weights in place, then drop cached prefixes computed with the old ones."""
+        """Load published weights in place, then drop cached prefixes computed with the old ones.
+
+        `path` is a .safetensors file or a directory of them (version 0: the model's own directory). The files are
+        read inside the engine's worker process(es) (`reload_from_path`): a path crosses the process boundary of
+        vLLM's multiprocess engine core, a tensor iterator would not (it is not serializable).
+        """
         start = time.perf_counter()
-        size = 0
-
-        def counted() -> Iterator[tuple[str, Any]]:
-            nonlocal size
-            for name, tensor in iter_safetensors(path):
-                size += tensor.numel() * tensor.element_size()
-                yield name, tensor
-
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
-        self.llm.collective_rpc(refresh_tied_layers)
+        sizes = self.llm.collective_rpc("kuberl_reload_from_path", args=(str(path),))
         self.llm.reset_prefix_cache()
         self.weight_load_seconds = time.perf_counter() - start
-        self.weight_load_bytes = size
+        self.weight_load_bytes = int(sizes[0]) if sizes else 0
         self.version = version

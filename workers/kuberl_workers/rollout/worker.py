@@ -21,6 +21,8 @@ from kuberl_workers.rollout.engine import Chunk, Engine, Generated
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 0.2
 MAX_ENGINE_FAILURES = 5
+FILE_WAIT_POLLS = 120
+"""Half-second polls for published weights on a shared volume to appear (a restarted trainer republishes)."""
 """Generate calls in a row in which not one chunk went through (the engine is broken, not one prompt): exit."""
 Refused = list[tuple[dict[str, Any], str]]
 
@@ -81,12 +83,18 @@ class RolloutWorker:
     async def _load(self, session: aiohttp.ClientSession, version: int, uri: str) -> None:
         assert self.engine is not None
         parsed = urlparse(uri)
-        if parsed.scheme == "file":
+        if not uri:  # version 0: the controller started over (a gang that lost its checkpoints), so does the engine
+            await asyncio.to_thread(self.engine.load_weights, Path(model_dir(self.cfg.model, self.cfg.seed)), version)
+        elif parsed.scheme == "file":
             path = Path(parsed.path)
-            for _ in range(120):  # a restarted trainer republishes a pruned version: wait for it
+            for _ in range(FILE_WAIT_POLLS):  # a restarted trainer republishes a pruned version: wait for it
                 if path.exists():
                     break
                 await asyncio.sleep(0.5)
+            else:
+                raise FileNotFoundError(
+                    f"weights of version {version}: {path} did not appear within {FILE_WAIT_POLLS // 2}s"
+                )
             await asyncio.to_thread(self.engine.load_weights, path, version)
         else:
             with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:

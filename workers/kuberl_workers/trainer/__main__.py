@@ -22,6 +22,7 @@ from kuberl_workers.entry import start
 
 log = logging.getLogger("kuberl.trainer")
 POLL_SECONDS = 0.2
+WAIT_REPORT_SECONDS = 60.0
 
 
 class Heartbeats(threading.Thread):
@@ -64,9 +65,10 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from kuberl_workers.models import model_dir
+    from kuberl_workers.trainer.resume import ResumeMismatch, agree_resume_step
     from kuberl_workers.trainer.server import serve
     from kuberl_workers.trainer.step import make_optimizer, train_step
-    from kuberl_workers.trainer.weights import load_checkpoint, publish_weights, save_checkpoint
+    from kuberl_workers.trainer.weights import load_checkpoint, newest_checkpoint, publish_weights, save_checkpoint
 
     rank = int(os.environ.get(ENV_INDEX, "0"))
     world = cfg.scale.trainerReplicas
@@ -134,14 +136,28 @@ def main() -> int:
     ).labels(**labels)
     server = serve(host, cfg.ports.trainer, registry, ckpt_dir if rank == 0 else None, token)
 
-    local = load_checkpoint(ckpt_dir, model, optimizer)
-    _, reply = controller.call(
-        "POST", "/v1/workers/register", {"worker": worker, "role": "trainer", "step": local, "address": host}
-    )
-    step = int(reply["resumeStep"])
-    if step < local:
-        step = load_checkpoint(ckpt_dir, model, optimizer, max_step=step)
-    log.info("rank %d/%d resumes at step %d (local checkpoint %d)", rank, world, step, local)
+    def register(offered: int) -> int:
+        _, reply = controller.call(
+            "POST", "/v1/workers/register", {"worker": worker, "role": "trainer", "step": offered, "address": host}
+        )
+        return int(reply["resumeStep"])
+
+    def gang_min(value: int) -> int:
+        if world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
+    try:
+        step = agree_resume_step(functools.partial(newest_checkpoint, ckpt_dir), register, gang_min)
+    except ResumeMismatch as error:
+        log.error("%s", error)
+        return 1
+    if step > 0 and load_checkpoint(ckpt_dir, model, optimizer, max_step=step) != step:
+        log.error("the checkpoint of step %d could not be loaded", step)
+        return 1
+    log.info("rank %d/%d resumes at step %d", rank, world, step)
     if rank == 0 and step > 0:
         # rollout engines may be told to load this version again (after a controller restart): make sure the
         # files exist even if they were pruned since
@@ -149,14 +165,23 @@ def main() -> int:
 
     beats = Heartbeats(controller, worker, cfg.fault.heartbeatSeconds, stall_seconds=cfg.fault.leaseSeconds)
     beats.start()
+    waiting_since, reported = time.monotonic(), 0.0
     while step < cfg.algorithm.steps:
         beats.progress(step)
         status, batch = controller.call("GET", f"/v1/trainer/batch?step={step}")
         if status == 410:
             break
+        if status == 409:  # the controller went back (restored an older checkpoint): the gang must restart with it
+            log.error("batch of step %d: %s", step, batch.get("error") if isinstance(batch, dict) else batch)
+            return 3
         if status == 204:
+            waited = time.monotonic() - waiting_since
+            if waited >= reported + WAIT_REPORT_SECONDS:  # the controller's status says why; the log says we wait
+                reported = waited
+                log.info("waiting %.0fs for the batch of step %d (rollouts still generating)", waited, step)
             time.sleep(POLL_SECONDS)
             continue
+        waiting_since, reported = time.monotonic(), 0.0
         stats = train_step(
             model,
             optimizer,

@@ -44,6 +44,21 @@ def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: tor
     return path
 
 
+def newest_checkpoint(directory: Path, max_step: int | None = None) -> int:
+    """The step of the newest checkpoint at or below `max_step` that passes its checksum (0 when there is none),
+    without loading it: the gang agrees on a restore point with the controller before anything is loaded.
+    """
+    for step, path in checkpoint.candidates(directory, TRAINER_PREFIX, ".pt"):
+        if max_step is not None and step > max_step:
+            continue
+        try:
+            checkpoint.read_verified(path)
+        except (checkpoint.CorruptCheckpoint, OSError):
+            continue
+        return step
+    return 0
+
+
 def load_checkpoint(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, max_step: int | None = None
 ) -> int:
