@@ -1,8 +1,9 @@
-"""The `kuberl` command line: crd, validate, explain, run, template, export, operator."""
+"""The `kuberl` command line: crd, validate, explain, run, template, export, operator, release-finalizers."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +166,40 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_finalizers(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import aiohttp
+    import kopf
+
+    from kuberl_operator import uninstall
+    from kuberl_operator.handlers import connect
+    from kuberl_operator.kube import ApiError
+
+    async def go() -> int:
+        settings = kopf.OperatorSettings()
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+        if info is None:
+            print("kuberl release-finalizers: no in-cluster service account and no kubeconfig", file=sys.stderr)
+            return 2
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            kube = connect(info, session)
+            try:
+                released = await uninstall.run(
+                    kube, args.operator_namespace, args.deployment, args.namespace or (), args.timeout
+                )
+            except (ApiError, TimeoutError, aiohttp.ClientError) as error:
+                print(f"kuberl release-finalizers: {error}", file=sys.stderr)
+                return 1
+        print(f"stopped {args.operator_namespace}/{args.deployment}; released {len(released)} RLJob(s)")
+        for name in released:
+            print(f"  {name}")
+        return 0
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return asyncio.run(go())
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -241,6 +276,15 @@ def parser() -> argparse.ArgumentParser:
     operator.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL")
     operator.add_argument("--verbose", action="store_true", help="debug logging")
     operator.set_defaults(func=_operator)
+    release = sub.add_parser(
+        "release-finalizers",
+        help="stop the operator, then remove its finalizer from every RLJob (the chart's pre-delete hook)",
+    )
+    release.add_argument("--operator-namespace", required=True, help="namespace of the operator's Deployment")
+    release.add_argument("--deployment", required=True, help="name of the operator's Deployment")
+    release.add_argument("--namespace", action="append", help="RLJobs of this namespace only (repeat); default: all")
+    release.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the operator's pods to go")
+    release.set_defaults(func=_release_finalizers)
     return top
 
 

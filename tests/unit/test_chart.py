@@ -118,7 +118,7 @@ def test_the_operator_accepts_the_environment_and_arguments_the_chart_gives_it()
 
 def test_watch_namespaces_gives_roles_there_and_no_cluster_wide_job_access() -> None:
     docs = rendered("-f", str(CHART / "ci" / "namespaced-values.yaml"))
-    roles = of_kind(docs, "Role")
+    roles = [r for r in of_kind(docs, "Role") if not _hook(r)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for cluster_role in of_kind(docs, "ClusterRole"):
         resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
@@ -127,6 +127,49 @@ def test_watch_namespaces_gives_roles_there_and_no_cluster_wide_job_access() -> 
     assert {"--namespace=team-a", "--namespace=team-b"} <= set(container["args"])
     peerings = of_kind(docs, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+
+
+def _hook(doc: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("values", [None, "namespaced-values.yaml"])
+def test_the_uninstall_hook_stops_the_operator_then_releases_finalizers_with_only_its_own_rights(
+    values: str | None,
+) -> None:
+    """#15 kind 2: `helm uninstall` runs `kuberl release-finalizers` first (docs/install.md, Uninstall)."""
+    from kuberl_operator.cli import parser
+
+    docs = rendered(*(["-f", str(CHART / "ci" / values)] if values else []))
+    hooks = [d for d in docs if _hook(d)]
+    job = next(d for d in hooks if d["kind"] == "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert all(d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete" for d in hooks)
+    # the rights exist before the Job runs (lower weight) and nothing is left behind when it succeeds
+    assert all(int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0 for d in hooks if d is not job)
+    assert all("hook-succeeded" in d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] for d in hooks)
+    pod = job["spec"]["template"]["spec"]
+    deployment = of_kind(docs, "Deployment")[0]
+    args = parser().parse_args(pod["containers"][0]["command"][1:])
+    assert (args.operator_namespace, args.deployment) == ("kuberl-system", deployment["metadata"]["name"])
+    assert args.namespace == (["team-a", "team-b"] if values else None)
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()  # never waits for itself
+    assert pod["serviceAccountName"] != deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+    bound = {s["name"] for d in hooks if d["kind"].endswith("Binding") for s in d["subjects"]}
+    assert bound == {pod["serviceAccountName"]}
+    rules = {
+        (d["kind"], d["metadata"].get("namespace"), r["resources"][0])
+        for d in hooks
+        if "rules" in d
+        for r in d["rules"]
+    }
+    jobs_scope = (
+        {("Role", "team-a", "rljobs"), ("Role", "team-b", "rljobs")} if values else {("ClusterRole", None, "rljobs")}
+    )
+    assert rules == {("Role", "kuberl-system", "deployments"), ("Role", "kuberl-system", "pods")} | jobs_scope
+    assert not [d for d in rendered("--set", "uninstallHook.enabled=false") if _hook(d)]
 
 
 @pytest.mark.parametrize("values", [None, *VALUES_FILES], ids=lambda v: v.name if v else "defaults")
