@@ -62,6 +62,20 @@ def set_condition(
     }
 
 
+def _step_wait(report: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of what the controller's current step waits for, from its /v1/status."""
+    waiting = report.get("waitingFor") or ""
+    if waiting not in c.STEP_WAITS:
+        return None
+    step = int(report.get("step") or 0)
+    what = {
+        "rollouts": f"generating the rollouts that train policy version {step + 1}",
+        "rolloutWorkers": f"no rollout worker connected: the rollouts for policy version {step + 1} cannot start",
+        "weights": f"waiting for the trainer gang to publish policy version {step}",
+    }[waiting]
+    return c.STEP_WAITS[waiting], f"{what} (since {report.get('waitingSince', '?')})"
+
+
 def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
     """The whole new status. Compare with the old one to decide whether to patch (never patch an equal one)."""
     pods = seen.pods
@@ -109,8 +123,7 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
             old_conditions,
             c.PROGRESSING,
             not terminal and not seen.suspended,
-            summary[0],
-            summary[1],
+            *(_step_wait(report) if summary[0] == c.RUNNING and _step_wait(report) else summary),
             now,
             seen.generation,
         ),

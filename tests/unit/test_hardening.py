@@ -179,3 +179,55 @@ def test_no_usable_prompt_is_an_error_naming_the_field_not_an_endless_loop() -> 
         Scheduler(cfg, prompts)
     assert time.monotonic() - started < 10
     assert prompts.skipped == MAX_SKIPS_IN_A_ROW
+
+
+# ---- Kind 2: a running job says what its step waits for ---------------------------------------------------------
+
+
+def _ready_pod(role: str) -> dict[str, Any]:
+    ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return {"metadata": {"name": f"j-{role}-0", "labels": {"kuberl.io/role": role}}, "status": ready}
+
+
+@pytest.mark.parametrize(
+    ("report", "reason", "text"),
+    [
+        ({"step": 4, "waitingFor": "rollouts"}, "WaitingForRollouts", "rollouts that train policy version 5"),
+        ({"step": 4, "waitingFor": "rolloutWorkers"}, "NoRolloutWorkers", "no rollout worker connected"),
+        ({"step": 5, "waitingFor": "weights"}, "WaitingForTrainer", "trainer gang to publish policy version 5"),
+        ({"step": 5, "waitingFor": ""}, "Running", "all pods ready"),
+    ],
+)
+def test_progressing_names_what_the_step_waits_for_and_since_when(
+    report: dict[str, Any], reason: str, text: str
+) -> None:
+    from kuberl_operator.status import Observed, compute
+
+    seen = Observed(
+        generation=1,
+        pods=[_ready_pod(role) for role in ("controller", "trainer", "rollout")],
+        desired={"controller": 1, "trainer": 1, "rollout": 1},
+        restarts={},
+        controller={**report, "waitingSince": "2026-12-01T02:00:00Z"},
+    )
+    status = compute({}, seen, "2026-12-01T02:05:00Z")
+    progressing = next(cond for cond in status["conditions"] if cond["type"] == "Progressing")
+    assert progressing["reason"] == reason and text in progressing["message"]
+    assert ("since 2026-12-01T02:00:00Z" in progressing["message"]) == (reason != "Running")
+    again = compute(status, seen, "2026-12-01T02:06:00Z")  # the same wait a resync later: nothing to patch
+    assert again == status
+
+
+def test_the_controller_reports_its_wait_and_keeps_its_start(tmp_path: Path) -> None:
+    from kuberl_workers.controller.service import Controller
+    from support.jobs import job_config
+
+    controller = Controller(job_config(tmp_path / "ckpt"), tokenizer=ByteTokenizer())
+    first = controller.status()
+    assert first["waitingFor"] == "rolloutWorkers" and first["waitingSince"].endswith("Z")
+    controller.registered("r0", "rollout", 0, "10.0.0.1")
+    second = controller.status()
+    assert second["waitingFor"] == "rollouts"
+    controller.scheduler.awaiting_weights = True  # the batch closed: now the trainer gang is waited for
+    assert controller.status()["waitingFor"] == "weights"
+    assert controller.status()["waitingSince"] == controller.status()["waitingSince"]

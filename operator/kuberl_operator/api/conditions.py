@@ -41,6 +41,16 @@ HEALTHY: Final = "Healthy"
 CREATE_REFUSED: Final = "CreateRefused"
 INVALID_INPUT: Final = "InvalidInput"
 START_DEADLINE_EXCEEDED: Final = "StartDeadlineExceeded"
+# What the current step waits for, from the controller's report (Progressing, while every pod is ready): the
+# message names the step and since when, so a job that stopped advancing says why at the next resync.
+WAITING_FOR_ROLLOUTS: Final = "WaitingForRollouts"
+NO_ROLLOUT_WORKERS: Final = "NoRolloutWorkers"
+WAITING_FOR_TRAINER: Final = "WaitingForTrainer"
+STEP_WAITS: Final[dict[str, str]] = {
+    "rollouts": WAITING_FOR_ROLLOUTS,
+    "rolloutWorkers": NO_ROLLOUT_WORKERS,
+    "weights": WAITING_FOR_TRAINER,
+}
 # Why a pod cannot start, passed through from the kubelet (a container's waiting reason) or the scheduler (the
 # PodScheduled condition): the Ready condition carries it while the job waits.
 POD_START_REASONS: Final[dict[str, str]] = {
@@ -61,6 +71,12 @@ REASONS: Final[dict[str, str]] = {
     START_DEADLINE_EXCEEDED: "A pod was not running and ready within faultTolerance.startDeadlineSeconds of its "
     "creation; the message gives the pod and why it waited (e.g. ImagePullBackOff). Terminal.",
     RUNNING: "Every role is ready and steps advance.",
+    WAITING_FOR_ROLLOUTS: "Progressing: the step's batch is being generated (the token budget is not yet filled); "
+    "the message gives the step and since when.",
+    NO_ROLLOUT_WORKERS: "Progressing: no rollout worker is connected to the controller, so the step cannot fill; "
+    "the message gives the step and since when.",
+    WAITING_FOR_TRAINER: "Progressing: the step's batch is closed and the controller waits for the trainer gang to "
+    "publish the next policy version; the message gives the step and since when.",
     RESTARTING: "A pod, the trainer gang or the controller is being recreated after a failure.",
     SUSPENDED_BY_USER: "spec.suspend is true.",
     SUCCEEDED: "All algorithm.steps were trained.",

@@ -399,7 +399,15 @@ class LocalRun:
                     progress.ready = sum(1 for c in self._role("rollout") if c.running and not c.draining)
                     progress.desired = int(demand["desiredRolloutReplicas"]) if demand else progress.ready
                     progress.eta = policy.steps_eta(progress.step, progress.steps, pace)
-                progress.restarts, progress.state = self.restarts, "complete" if complete else "running"
+                waiting = (status or {}).get("waitingFor")
+                progress.restarts = self.restarts
+                progress.state = (
+                    "complete"
+                    if complete
+                    else "waiting for a rollout worker"
+                    if waiting == "rolloutWorkers"
+                    else "running"
+                )
                 self.display.update(progress)
                 if complete and all(not c.running for c in self._role("trainer")):
                     code = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import statistics
 import time
@@ -82,6 +83,7 @@ class Controller:
         self._pending_rewards: set[asyncio.Task[None]] = set()
         self._step_started = clock()
         self._published_at: float | None = None
+        self._waiting: tuple[str, int, str] = ("", -1, "")  # (what, step, since) of the current step's wait
         self.metrics.attach(self)
 
     # --- checkpoints ---------------------------------------------------------------------------------
@@ -372,9 +374,31 @@ class Controller:
             self.metrics.observe_phase("weight_sync", self.clock() - self._published_at)
             self._published_at = None
 
+    def waiting_for(self) -> tuple[str, str]:
+        """What the current step waits for (`weights`: the trainer gang's next version; `rolloutWorkers`: no rollout
+        worker connected; `rollouts`: the batch is being generated; "" once complete) and since when (UTC, ISO 8601).
+        """
+        s = self.scheduler
+        kind = (
+            ""
+            if self.complete
+            else "weights"
+            if s.awaiting_weights
+            else "rolloutWorkers"
+            if self.alive("rollout") == 0
+            else "rollouts"
+        )
+        if self._waiting[:2] != (kind, s.step):
+            since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._waiting = (kind, s.step, since)
+        return kind, self._waiting[2]
+
     def status(self) -> dict[str, Any]:
         s = self.scheduler
+        waiting, since = self.waiting_for()
         return {
+            "waitingFor": waiting,
+            "waitingSince": since,
             "step": s.step,
             "policyVersion": s.version,
             "steps": self.cfg.algorithm.steps,
