@@ -97,6 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(error, file=sys.stderr)
         return 1
+    if job.spec.suspend:  # the operator deletes a suspended job's pods; locally there is nothing to run either
+        print(f"{names[0]}: spec.suspend is true: nothing to run (--set spec.suspend=false runs it)", file=sys.stderr)
+        return 1
     if args.dry_run:
         from kuberl_operator.render import worker_config
 

@@ -117,13 +117,14 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
         if seen.avoided_nodes
         else c.HEALTHY
     )
+    progressing = (_step_wait(report) if summary[0] == c.RUNNING else None) or summary
     conds = [
         set_condition(old_conditions, c.READY, summary[0] == c.RUNNING, summary[0], summary[1], now, seen.generation),
         set_condition(
             old_conditions,
             c.PROGRESSING,
             not terminal and not seen.suspended,
-            *(_step_wait(report) if summary[0] == c.RUNNING and _step_wait(report) else summary),
+            *progressing,
             now,
             seen.generation,
         ),
