@@ -32,6 +32,7 @@ TOKEN_DIR: Final = "/etc/kuberl/token"
 CHECKPOINT_DIR: Final = "/var/kuberl/checkpoints"
 MODEL_ROOT: Final = "/var/kuberl/model"
 DATA_ROOT: Final = "/var/kuberl/data"
+EVAL_DATA_ROOT: Final = "/var/kuberl/eval-data"
 DEFAULT_WORKER_IMAGE: Final = "ghcr.io/kuberl/worker:0.1.0"
 # labels the Helm chart gives the operator's pods (the per-job NetworkPolicy lets them reach the controller)
 OPERATOR_POD_LABELS: Final = {"app.kubernetes.io/part-of": "kuberl", "app.kubernetes.io/component": "operator"}
@@ -104,6 +105,7 @@ def render_config(job: RLJob) -> WorkerConfig:
         CHECKPOINT_DIR,
         model_root=MODEL_ROOT,
         data_root=DATA_ROOT,
+        eval_root=DATA_ROOT if _eval_volume(job) is None else EVAL_DATA_ROOT,
         shared_checkpoints=job.spec.checkpoint.volume is not None,
     )
 
@@ -189,6 +191,12 @@ def network_policy_name(job: str) -> str:
     return f"{job}-pods"
 
 
+def _eval_volume(job: RLJob) -> str | None:
+    """The eval dataset's claim when it is not the training data's (that one is mounted already)."""
+    claim = job.spec.eval.dataset.volume if job.spec.eval else None
+    return None if claim == job.spec.task.dataset.volume else claim
+
+
 def _volumes(job: RLJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = job.spec
     name = job.metadata.name
@@ -209,6 +217,7 @@ def _volumes(job: RLJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for volume, claim, root in (
         ("model", spec.model.volume, MODEL_ROOT),
         ("data", spec.task.dataset.volume, DATA_ROOT),
+        ("eval-data", _eval_volume(job), EVAL_DATA_ROOT),
     ):
         if claim:
             volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})

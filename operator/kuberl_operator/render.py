@@ -7,6 +7,7 @@ from kuberl_workers.config import (
     AlgorithmConfig,
     C3POConfig,
     CheckpointConfig,
+    EvalConfig,
     FaultConfig,
     ModelConfig,
     ReportingConfig,
@@ -18,7 +19,12 @@ from kuberl_workers.config import (
 
 
 def worker_config(
-    job: RLJob, checkpoint_dir: str, model_root: str = "", data_root: str = "", shared_checkpoints: bool = True
+    job: RLJob,
+    checkpoint_dir: str,
+    model_root: str = "",
+    data_root: str = "",
+    shared_checkpoints: bool = True,
+    eval_root: str = "",
 ) -> WorkerConfig:
     """The WorkerConfig of `job`. Paths on volumes are resolved against the given mount roots (in a pod, where
     the operator mounts the claims; locally, empty). `shared_checkpoints` says whether every role sees
@@ -85,6 +91,18 @@ def worker_config(
             heartbeatSeconds=spec.faultTolerance.heartbeatSeconds,
         ),
         reporting=ReportingConfig(tensorboard=spec.reporting.tensorboard),
+        eval=None
+        if spec.eval is None
+        else EvalConfig(
+            datasetPath=under(eval_root or data_root, spec.eval.dataset.path, spec.eval.dataset.volume),
+            datasetBuiltin=spec.eval.dataset.builtin,
+            datasetFormat=spec.eval.dataset.format,
+            promptField=spec.eval.dataset.promptField,
+            answerField=spec.eval.dataset.answerField,
+            everySteps=spec.eval.everySteps,
+            samplesPerPrompt=spec.eval.samplesPerPrompt,
+            maxPrompts=spec.eval.maxPrompts,
+        ),
         checkpoint=CheckpointConfig(
             dir=checkpoint_dir,
             everySteps=spec.checkpoint.everySteps,

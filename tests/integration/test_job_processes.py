@@ -51,6 +51,7 @@ def test_three_steps_with_real_processes(tmp_path: Path, tiny_dir: Path) -> None
         c3po={"tokenBudget": 16, "retention": 1, "inferencePoolCapacity": 8, "chunkTokens": 4},
         algorithm={"steps": 3, "learningRate": 1e-3},
         checkpoint={"everySteps": 3, "keep": 2},
+        eval={"dataset": {"builtin": "arithmetic"}, "everySteps": 2, "samplesPerPrompt": 2, "maxPrompts": 3},
     ).model_copy(update={"ports": ports, "limits": Limits(rolloutBatch=4)})
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
     (tmp_path / "token").write_text(TOKEN)
@@ -115,6 +116,13 @@ def test_three_steps_with_real_processes(tmp_path: Path, tiny_dir: Path) -> None
         assert "kuberl_rollout_weight_load_seconds" in rollout_metrics
         assert (tmp_path / "ckpt" / "trainer-00000003.pt").is_file()
         assert (tmp_path / "ckpt" / "controller-00000003.json").is_file()
+        # held-out evaluation: the baseline, every second version and the last, by the real engine and reward
+        evals = [json.loads(line) for line in (tmp_path / "ckpt" / "eval.jsonl").read_text().splitlines()]
+        assert [e["policyVersion"] for e in evals] == [0, 2, 3]
+        assert all(
+            e["prompts"] == 3 and e["samplesPerPrompt"] == 2 and 0 <= e["passAt1"] <= e["passAt2"] for e in evals
+        )
+        assert all(e["completionTokensMean"] > 0 and e["failed"] == 0 for e in evals)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

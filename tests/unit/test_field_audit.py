@@ -26,7 +26,10 @@ from kuberl_workers.config import WorkerConfig
 from support.specs import minimal_job, set_path
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = minimal_job(task={"dataset": {"builtin": "arithmetic"}, "reward": "numeric", "maxPromptTokens": 64})
+BASE = minimal_job(
+    task={"dataset": {"builtin": "arithmetic"}, "reward": "numeric", "maxPromptTokens": 64},
+    eval={"dataset": {"builtin": "arithmetic"}},
+)
 # A changed value for each field whose type gives none by itself (strings, paths, optional and free-form fields).
 SAMPLES: dict[str, Any] = {
     "model.path": "models/m",
@@ -37,6 +40,11 @@ SAMPLES: dict[str, Any] = {
     "task.dataset.builtin": None,
     "task.dataset.promptField": "question",
     "task.dataset.answerField": "solution",
+    "eval.dataset.path": "data/held-out.jsonl",
+    "eval.dataset.volume": "evaldata",
+    "eval.dataset.builtin": None,
+    "eval.dataset.promptField": "question",
+    "eval.dataset.answerField": "solution",
     "task.systemPrompt": "Answer with a number.",
     "trainer.template": {"spec": {"nodeSelector": {"pool": "gpu"}}},
     "rollout.template": {"spec": {"nodeSelector": {"pool": "spot"}}},
@@ -126,8 +134,14 @@ def test_a_changed_field_changes_what_runs_or_is_refused(path: str) -> None:
     doc = set_path(BASE, f"spec.{path}", value)
     if path == "model.volume":  # a volume needs a path on it, as the API says
         doc = set_path(doc, "spec.model.path", "m")
-    if path == "task.dataset.volume":
-        doc = set_path(set_path(doc, "spec.task.dataset.path", "d.jsonl"), "spec.task.dataset.builtin", None)
+    for dataset in ("task.dataset", "eval.dataset"):  # a file instead of the built-in task: one or the other
+        if path in (f"{dataset}.volume", f"{dataset}.path"):
+            doc = set_path(set_path(doc, f"spec.{dataset}.path", "d.jsonl"), f"spec.{dataset}.builtin", None)
+        if path in (f"{dataset}.promptField", f"{dataset}.answerField", f"{dataset}.format"):
+            doc = set_path(set_path(doc, f"spec.{dataset}.path", "d.jsonl"), f"spec.{dataset}.builtin", None)
+            base = set_path(set_path(BASE, f"spec.{dataset}.path", "d.jsonl"), f"spec.{dataset}.builtin", None)
+            assert not validate_document(doc) and observed(doc) != observed(base), f"spec.{path} changes nothing"
+            return
     problems = validate_document(doc)
     if problems:
         assert all(str(p).startswith("spec.") for p in problems), problems  # refused, naming a field

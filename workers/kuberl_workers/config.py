@@ -140,6 +140,25 @@ class CheckpointConfig(_Contract):
     shared: bool = True
 
 
+EVAL_LOG: Final = "eval.jsonl"
+"""One JSON line per held-out evaluation round, in the checkpoint directory (controller/evaluation.py)."""
+
+
+class EvalConfig(_Contract):
+    """Held-out evaluation (spec.eval): the dataset's first `maxPrompts` usable prompts, `samplesPerPrompt`
+    completions each, at every `everySteps`-th policy version (0 included) and the last.
+    """
+
+    datasetPath: str | None = None
+    datasetBuiltin: str | None = None
+    datasetFormat: Literal["auto", "jsonl", "parquet"] = "auto"
+    promptField: str = "prompt"
+    answerField: str = "answer"
+    everySteps: int
+    samplesPerPrompt: int
+    maxPrompts: int
+
+
 class ReportingConfig(_Contract):
     # TensorBoard event files of each step's statistics, written by the controller to <checkpoint dir>/tensorboard
     tensorboard: bool = False
@@ -173,6 +192,7 @@ class WorkerConfig(_Contract):
     scale: ScaleConfig
     trainer: TrainerConfig = TrainerConfig()
     reporting: ReportingConfig = ReportingConfig()
+    eval: EvalConfig | None = None
     fault: FaultConfig
     checkpoint: CheckpointConfig
     ports: Ports = Ports()

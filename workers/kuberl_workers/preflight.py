@@ -59,18 +59,20 @@ def _model_problems(cfg: WorkerConfig) -> list[str]:
 
 
 def _dataset_problems(cfg: WorkerConfig) -> list[str]:
-    if not cfg.task.datasetPath:
-        return []
     from kuberl_workers.controller.dataset import read_examples
 
-    task = cfg.task
-    try:
-        read_examples(task.datasetPath or "", task.promptField, task.answerField, task.datasetFormat)
-    except FileNotFoundError:
-        return [f"task.dataset.path: {task.datasetPath}: no such file"]
-    except (OSError, ValueError) as error:
-        return [f"task.dataset.path: {error}"]
-    return []
+    found = []
+    sources = [("task.dataset.path", cfg.task)] + ([("eval.dataset.path", cfg.eval)] if cfg.eval else [])
+    for field, source in sources:
+        if not source.datasetPath:
+            continue
+        try:
+            read_examples(source.datasetPath, source.promptField, source.answerField, source.datasetFormat)
+        except FileNotFoundError:
+            found.append(f"{field}: {source.datasetPath}: no such file")
+        except (OSError, ValueError) as error:
+            found.append(f"{field}: {error}")
+    return found
 
 
 def _prompt_problems(cfg: WorkerConfig) -> list[str]:

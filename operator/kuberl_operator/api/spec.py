@@ -332,6 +332,25 @@ class CheckpointSpec(ApiModel):
     """Newest checkpoints kept; older ones are deleted after a new one is written."""
 
 
+class EvalSpec(ApiModel):
+    """Held-out evaluation: at policy version 0, every `everySteps` versions and the last, the rollout pool
+    generates `samplesPerPrompt` completions for each of the first `maxPrompts` prompts of `dataset` with the
+    current policy (at task.temperature, not trained on), and the controller scores them with task.reward. Results:
+    `<checkpoint directory>/eval.jsonl` (mean reward, pass@1, pass@k), TensorBoard and Prometheus.
+    """
+
+    dataset: DatasetSpec
+    """Held-out prompts, as task.dataset (the built-in `arithmetic` draws its eval prompts from a range of indices
+    training never reaches)."""
+    everySteps: int = Field(10, ge=1, le=1_000_000)
+    """Evaluate every this many policy versions (and version 0 and the last)."""
+    samplesPerPrompt: int = Field(1, ge=1, le=64)
+    """Completions per prompt, n: pass@1 is the mean share of passing completions, pass@n the share of prompts with
+    at least one (a completion passes when its reward is at least 1)."""
+    maxPrompts: int = Field(64, ge=1, le=100_000)
+    """Prompts evaluated: the first this many of the dataset that fit task.maxPromptTokens."""
+
+
 class ReportingSpec(ApiModel):
     """Where training statistics go besides metrics (Prometheus) and, for `kuberl run`, metrics.jsonl."""
 
@@ -372,6 +391,8 @@ class RLJobSpec(ApiModel):
     """Checkpointing."""
     reporting: ReportingSpec = Field(default_factory=ReportingSpec)
     """Training statistics for TensorBoard."""
+    eval: EvalSpec | None = None
+    """Held-out evaluation during training; none when unset."""
     image: str | None = Field(None, min_length=1, max_length=1024)
     """Worker image for all roles; unset uses the operator's configured worker image. A role's template can
     still override its container image."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -170,6 +171,25 @@ class MetricsLog:
         self.rows.append(row)
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+def eval_summary(path: Path) -> list[tuple[str, str]]:
+    """The held-out evaluation's first and last rounds (spec.eval), as one summary line; none without rounds."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    if not rows:
+        return []
+    first, last = rows[0], rows[-1]
+    return [
+        (
+            "eval",
+            f"reward {first['rewardMean']:.3f} -> {last['rewardMean']:.3f}, pass@1 {first['passAt1']:.3f} -> "
+            f"{last['passAt1']:.3f} (policy versions {first['policyVersion']} -> {last['policyVersion']}, "
+            f"{last['prompts']} held-out prompts; {path})",
+        )
+    ]
 
 
 def summary(rows: list[dict[str, Any]], wall_seconds: float, restarts: int) -> list[tuple[str, str]]:

@@ -37,6 +37,7 @@ from kuberl_operator.launcher.report import (
     MetricsLog,
     Progress,
     SampleLog,
+    eval_summary,
     plot,
     print_summary,
     summary,
@@ -48,6 +49,7 @@ from kuberl_workers.config import (
     ENV_CONTROLLER_URL,
     ENV_TOKEN_FILE,
     ENV_TRAINER_MASTER,
+    EVAL_LOG,
     Limits,
     Ports,
     WorkerConfig,
@@ -428,6 +430,7 @@ class LocalRun:
             [
                 *items,
                 ("final model", model),
+                *eval_summary(self.run_dir / "checkpoints" / EVAL_LOG),
                 ("metrics", str(self.metrics.path)),
                 ("plot", str(picture) if picture else "-"),
             ],

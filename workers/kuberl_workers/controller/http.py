@@ -188,7 +188,7 @@ async def release(request: web.Request) -> web.Response:
     c.seen(body.worker, "rollout")
     if body.error is not None:
         return web.json_response({"released": [i for i in body.leaseIds if c.fail_chunk(body.worker, i, body.error)]})
-    return web.json_response({"released": [i for i in body.leaseIds if c.scheduler.release(body.worker, i)]})
+    return web.json_response({"released": [i for i in body.leaseIds if c.release_chunk(body.worker, i)]})
 
 
 async def drain(request: web.Request) -> web.Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,13 @@ from typing import Any
 from kuberl_workers import checkpoint
 from kuberl_workers.config import WorkerConfig
 from kuberl_workers.controller.dataset import PromptSet
+from kuberl_workers.controller.evaluation import Evaluator
 from kuberl_workers.controller.metrics import ControllerMetrics
 from kuberl_workers.controller.rewards import REGISTRY, RewardFn, RewardPool
 from kuberl_workers.controller.samples import SampleLog, pick
 from kuberl_workers.controller.scheduler import MAX_CHUNK_FAILURES, Batch, Scheduler, SchedulerConfig
 from kuberl_workers.controller.state import Rollout
+from kuberl_workers.controller.steps import rollout_stats
 from kuberl_workers.controller.tensorboard import StepWriter
 from kuberl_workers.tokenizer import Tokenizer, load_tokenizer
 
@@ -76,8 +77,20 @@ class Controller:
         if cfg.reporting.tensorboard:
             self.tensorboard = StepWriter(Path(cfg.checkpoint.dir) / "tensorboard")
         self.samples = SampleLog()
+        self.evaluator: Evaluator | None = None
+        if cfg.eval is not None:
+            self.evaluator = Evaluator(
+                cfg.eval,
+                cfg.task,
+                self.tokenizer,
+                cfg.seed,
+                cfg.algorithm.steps,
+                cfg.fault.leaseSeconds,
+                self.checkpoint_dir,
+            )
         self.last_checkpoint = ""
         self.last_reward_mean = 0.0
+        self.last_eval: dict[str, Any] | None = None
         self.zero_advantage_groups = 0
         self.bad_requests = 0
         self._pending_rewards: set[asyncio.Task[None]] = set()
@@ -141,6 +154,8 @@ class Controller:
         missed heartbeats.
         """
         self.peers.pop(worker, None)
+        if self.evaluator is not None:
+            self.evaluator.release_worker(worker)
         return self.scheduler.worker_lost(worker)
 
     def reap(self) -> list[str]:
@@ -150,6 +165,8 @@ class Controller:
         dead = [w for w, p in self.peers.items() if now - p.last_seen > limit]
         for worker in dead:
             returned = self.scheduler.worker_lost(worker)
+            if self.evaluator is not None:
+                returned += self.evaluator.release_worker(worker)
             log.warning("worker %s missed its heartbeats; %d leases requeued", worker, returned)
             del self.peers[worker]
         return dead
@@ -157,13 +174,24 @@ class Controller:
     # --- rollouts --------------------------------------------------------------------------------------
 
     @property
-    def complete(self) -> bool:
+    def trained(self) -> bool:
         return self.scheduler.version >= self.cfg.algorithm.steps
 
+    @property
+    def complete(self) -> bool:
+        """Every step trained and the last policy version evaluated (when spec.eval asks for it)."""
+        e = self.evaluator
+        return self.trained and (e is None or not (e.busy or e.due(self.scheduler.version)))
+
     def lease(self, worker: str, max_rollouts: int) -> list[dict[str, Any]]:
-        if self.complete:
-            return []
-        return [c.to_json() for c in self.scheduler.lease(worker, max_rollouts, self.clock())]
+        """Eval chunks first (a round is short and measures the version being served), then rollout chunks."""
+        now = self.clock()
+        chunks = (
+            [] if self.evaluator is None else self.evaluator.lease(worker, max_rollouts, self.scheduler.version, now)
+        )
+        if self.trained or len(chunks) >= max_rollouts:
+            return chunks
+        return chunks + [c.to_json() for c in self.scheduler.lease(worker, max_rollouts - len(chunks), now)]
 
     def accept(
         self, worker: str, results: list[dict[str, Any]], seconds: float
@@ -172,8 +200,16 @@ class Controller:
         {leaseId, error}). An invalid result costs only its own chunk (counted as a failure of it, see
         Scheduler.fail); the others are applied. Finished rollouts get scored.
         """
-        accepted, rejected, invalid, tokens = [], [], [], 0
+        accepted: list[str] = []
+        rejected: list[str] = []
+        invalid: list[dict[str, str]] = []
+        tokens = 0
         for result in results:
+            if result["leaseId"].startswith("e"):  # an eval chunk: scored, never trained on
+                item = self._accept_eval(worker, result)
+                (accepted if item else rejected).append(result["leaseId"])
+                tokens += len(result["tokenIds"]) if item else 0
+                continue
             try:
                 rollout = self.scheduler.complete(
                     worker,
@@ -197,8 +233,16 @@ class Controller:
         self.scheduler.record_throughput(worker, tokens, seconds)
         return accepted, rejected, invalid
 
+    def release_chunk(self, worker: str, lease_id: str) -> bool:
+        """A worker hands a chunk back unfinished (it drains): it returns to its queue."""
+        if lease_id.startswith("e"):
+            return self.evaluator is not None and self.evaluator.release(worker, lease_id)
+        return self.scheduler.release(worker, lease_id)
+
     def fail_chunk(self, worker: str, lease_id: str, reason: str) -> bool:
         """A chunk failed alone (Scheduler.fail); a dropped prompt is logged with its reason."""
+        if lease_id.startswith("e"):
+            return self.evaluator is not None and self.evaluator.fail(worker, lease_id, reason)
         dropped = len(self.scheduler.failed)
         known = self.scheduler.fail(worker, lease_id, reason)
         if len(self.scheduler.failed) > dropped:
@@ -219,6 +263,27 @@ class Controller:
         task = asyncio.get_running_loop().create_task(run())
         self._pending_rewards.add(task)
         task.add_done_callback(self._pending_rewards.discard)
+
+    def _accept_eval(self, worker: str, result: dict[str, Any]) -> bool:
+        evaluator = self.evaluator
+        item = None if evaluator is None else evaluator.complete(worker, result["leaseId"], result["version"])
+        if item is None or evaluator is None or evaluator.prompts is None:
+            return False
+        text, answer = self.tokenizer.decode(result["tokenIds"]), evaluator.prompts[item.prompt][1]
+        item.tokens = len(result["tokenIds"])
+
+        async def run() -> None:
+            reward, _ = await self.rewards.score(self.reward_fn, text, answer)
+            summary = evaluator.scored(item, reward)
+            if summary is not None:
+                self.last_eval = summary
+                if self.tensorboard is not None:
+                    self.tensorboard.write_eval(summary)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._pending_rewards.add(task)
+        task.add_done_callback(self._pending_rewards.discard)
+        return True
 
     def pool_tokens_per_second(self) -> float:
         return sum(s.tokens_per_second or 0.0 for s in self.scheduler.workers.values())
@@ -248,54 +313,25 @@ class Controller:
         """Periodic work: expire leases, reap dead workers, close the step when ready."""
         self.scheduler.expire(self.clock())
         self.reap()
-        if self.complete or not self.scheduler.step_ready():
+        if self.evaluator is not None:
+            self.evaluator.expire(self.clock())
+            if self.evaluator.due(self.scheduler.version) and not self.scheduler.awaiting_weights:
+                self.evaluator.start(self.scheduler.version, self.clock())
+        if self.trained or not self.scheduler.step_ready():
             return None
         batch = self.scheduler.close_step()
         now = self.clock()
         self.metrics.observe_phase("rollout_wait", now - self._step_started)
-        rewards = [r["reward"] for g in batch.groups for r in g["rollouts"]]
-        self.last_reward_mean = statistics.fmean(rewards) if rewards else 0.0
-        self.zero_advantage_groups += sum(1 for g in batch.groups if len({r["reward"] for r in g["rollouts"]}) == 1)
+        purged = self.scheduler.counters.rollouts_purged
+        entry = rollout_stats(batch, purged - self._purged_recorded, now - self._step_started)
+        self._purged_recorded = purged
+        self.last_reward_mean = entry["rewardMean"]
+        self.zero_advantage_groups += entry["zeroAdvantageGroups"]
         self.replay[batch.step] = batch
         self.samples.add(pick(batch.step + 1, batch.groups, self.tokenizer))
-        lengths = [len(r["outputIds"]) for g in batch.groups for r in g["rollouts"]]
-        self.history.append(
-            {
-                **self._rollout_stats(batch),
-                "step": batch.step + 1,
-                "rewardMean": self.last_reward_mean,
-                "groups": len(batch.groups),
-                "tokens": batch.tokens,
-                "completions": len(lengths),
-                "completionTokensMean": statistics.fmean(lengths) if lengths else 0.0,
-                "truncatedFraction": (
-                    sum(1 for g in batch.groups for r in g["rollouts"] if r["finishReason"] == "length")
-                    / max(len(lengths), 1)
-                ),
-                "rolloutSeconds": now - self._step_started,
-                "wallClosed": time.time(),
-            }
-        )
+        self.history.append(entry)
         del self.history[:-10000]
         return batch
-
-    def _rollout_stats(self, batch: Batch) -> dict[str, Any]:
-        """Per-step rollout statistics for metrics.jsonl: lengths, rewards, groups without signal, how many policy
-        versions a rollout spans (C3PO++), the oldest version in the batch, rollouts purged since the last step.
-        """
-        rollouts = [r for g in batch.groups for r in g["rollouts"]]
-        versions = [r["versions"] for r in rollouts if r["versions"]]
-        purged = self.scheduler.counters.rollouts_purged
-        stats = {
-            "completionTokensMax": max((len(r["outputIds"]) for r in rollouts), default=0),
-            "rewardStd": statistics.pstdev([r["reward"] for r in rollouts]) if rollouts else 0.0,
-            "zeroAdvantageGroups": sum(1 for g in batch.groups if len({r["reward"] for r in g["rollouts"]}) == 1),
-            "policyVersionsSpannedMax": max((len(set(v)) for v in versions), default=0),
-            "oldestPolicyVersion": min((min(v) for v in versions), default=batch.step),
-            "rolloutsPurged": purged - self._purged_recorded,
-        }
-        self._purged_recorded = purged
-        return stats
 
     def batch(self, step: int) -> Batch | None:
         """The batch of `step` if it is closed (or kept for replay); None while it is still being generated."""
@@ -410,6 +446,7 @@ class Controller:
             "rewardMean": self.last_reward_mean,
             "workers": {w: {"role": p.role, "version": p.version} for w, p in sorted(self.peers.items())},
             "doneLog": len(s.done),
+            "eval": self.last_eval,
         }
 
     async def aclose(self) -> None:

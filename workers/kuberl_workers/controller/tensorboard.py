@@ -37,5 +37,13 @@ class StepWriter:
                 self.writer.add_scalar(tag(field), float(value), global_step=step)
         self.writer.flush()
 
+    def write_eval(self, summary: dict[str, Any]) -> None:
+        """A held-out evaluation round (controller/evaluation.py) as `eval/...` at global step = its policy version."""
+        step = int(summary["policyVersion"])
+        for field, value in sorted(summary.items()):
+            if field not in {"policyVersion", "wallTime"} and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"eval/{field}", float(value), global_step=step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
