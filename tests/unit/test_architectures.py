@@ -82,9 +82,14 @@ def test_chunked_logprobs_equal_full_logits(tmp_path: Path, arch: str, monkeypat
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     monkeypatch.setattr(logprobs, "CHUNK_ROWS", 5)
-    chunked = completion_logprobs(model, ids, mask, 0.7)
+    spreads: list[torch.Tensor] = []
+    chunked = completion_logprobs(model, ids, mask, 0.7, entropy=spreads)
     chunked.sum().backward()
     assert torch.allclose(chunked, full, atol=1e-5)
+    # the entropy statistic equals -sum p log p of the full distribution at each completion position
+    p = torch.softmax(logits.detach(), -1)
+    expected_entropy = -(p * torch.log_softmax(logits.detach(), -1)).sum(-1)[mask.bool()]
+    assert torch.allclose(torch.cat(spreads), expected_entropy, atol=1e-4)
     for name, grad in expected.items():
         got = model.get_parameter(name).grad
         assert got is not None and torch.allclose(got, grad, atol=1e-5, rtol=1e-4), name

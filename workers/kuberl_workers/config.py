@@ -39,6 +39,7 @@ TRAINER_STAT_FIELDS: Final = (
     "loss",
     "gradNorm",
     "klRef",
+    "entropy",
     "icepopMaskedFraction",
     "clippedFraction",
     "logpDiffMean",

@@ -122,6 +122,7 @@ def main() -> int:
             "logp_diff_mean": "Mean |log pi_train - log pi_infer| over completion tokens",
             "logp_diff_max": "Max |log pi_train - log pi_infer| over completion tokens",
             "kl_ref": "Mean k3 KL to the reference policy per completion (0 when algorithm.klCoef is 0)",
+            "entropy": "Mean policy entropy over completion tokens, nats (before the step's update)",
             "clipped_fraction": "Fraction of completion tokens whose policy ratio was clipped",
             "micro_batches": "Forward/backward passes in the last step",
             "step": "Training steps done",
@@ -203,6 +204,7 @@ def main() -> int:
             ("logp_diff_mean", stats.mean_abs_logp_diff),
             ("logp_diff_max", stats.max_abs_logp_diff),
             ("kl_ref", stats.kl_ref),
+            ("entropy", stats.entropy),
             ("clipped_fraction", stats.clipped_fraction),
             ("micro_batches", stats.micro_batches),
         ):
@@ -229,6 +231,7 @@ def main() -> int:
                         "loss": stats.loss,
                         "gradNorm": stats.grad_norm,
                         "klRef": stats.kl_ref,
+                        "entropy": stats.entropy,
                         "icepopMaskedFraction": stats.masked_fraction,
                         "clippedFraction": stats.clipped_fraction,
                         "logpDiffMean": stats.mean_abs_logp_diff,

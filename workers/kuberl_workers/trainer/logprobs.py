@@ -36,23 +36,32 @@ def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None]:
 
 
 def _chunk_logprobs(
-    head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float, softcap: float | None
-) -> Tensor:
+    head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float, softcap: float | None, entropy: bool
+) -> tuple[Tensor, Tensor | None]:
     logits = head(hidden).float()
     if softcap is not None:  # Gemma 2: logits are soft-capped before sampling, in the engine as well
         logits = torch.tanh(logits / softcap) * softcap
     logits = logits / temperature
     picked = logits.gather(-1, targets[:, None]).squeeze(-1)
-    out: Tensor = picked - torch.logsumexp(logits, dim=-1)
-    return out
+    normaliser = torch.logsumexp(logits, dim=-1)
+    out: Tensor = picked - normaliser
+    if not entropy:
+        return out, None
+    with torch.no_grad():  # a statistic, not part of the loss: H = logsumexp(z) - sum_v softmax(z)_v z_v
+        spread = normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return out, spread
 
 
-def completion_logprobs(model: nn.Module, ids: Tensor, mask: Tensor, temperature: float) -> Tensor:
+def completion_logprobs(
+    model: nn.Module, ids: Tensor, mask: Tensor, temperature: float, entropy: list[Tensor] | None = None
+) -> Tensor:
     """log pi(token t+1 | tokens <= t) under the sampling temperature, at the positions where `mask` is 1.
 
     `ids`: [sequences, length] long, right-padded; `mask`: [sequences, length - 1], 1 where position t's next
     token is a completion token. Returns float32 [sequences, length - 1], 0 where `mask` is 0. Differentiable
-    when grad is enabled. Raises TypeError for a model without a decoder/output-head split.
+    when grad is enabled. With `entropy` (a list), the policy's entropy in nats at each masked position (under
+    the same temperature; no gradient) is appended to it as float32 [masked positions]. Raises TypeError for a
+    model without a decoder/output-head split.
     """
     backbone, head, softcap = _parts(model)
     hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
@@ -60,13 +69,16 @@ def completion_logprobs(model: nn.Module, ids: Tensor, mask: Tensor, temperature
     rows = hidden[selected]
     targets = ids[:, 1:][selected]
     pieces = []
+    want = entropy is not None
     for start in range(0, rows.shape[0], CHUNK_ROWS):
         h, t = rows[start : start + CHUNK_ROWS], targets[start : start + CHUNK_ROWS]
         if torch.is_grad_enabled():
-            piece = checkpoint(_chunk_logprobs, head, h, t, temperature, softcap, use_reentrant=False)
+            piece, spread = checkpoint(_chunk_logprobs, head, h, t, temperature, softcap, want, use_reentrant=False)
         else:
-            piece = _chunk_logprobs(head, h, t, temperature, softcap)
+            piece, spread = _chunk_logprobs(head, h, t, temperature, softcap, want)
         pieces.append(piece)
+        if entropy is not None and spread is not None:
+            entropy.append(spread.detach())
     out = torch.zeros(selected.shape, dtype=torch.float32, device=ids.device)
     if pieces:
         out = out.masked_scatter(selected, torch.cat(pieces))

@@ -28,6 +28,8 @@ class StepStats:
     max_abs_logp_diff: float
     clipped_fraction: float
     kl_ref: float
+    entropy: float
+    """Mean policy entropy over the completion tokens of this rank's shard, nats per token (before the update)."""
     """Mean k3 KL to the reference policy per completion (0 when klCoef is 0)."""
     reward_mean: float
     sequences: int
@@ -173,13 +175,14 @@ def train_step(
     model.train()
     total = LossStats()
     loss_sum, grad_norm, n_micro = 0.0, 0.0, 0
+    spreads: list[torch.Tensor] = []  # per-token policy entropy of the batch as sampled (epoch 0)
     for epoch in range(algo.ppoEpochs):
         for mini_sequences, micros in plans:
             optimizer.zero_grad(set_to_none=True)
             stats = LossStats()
             for m in micros:
                 t = m.tensors
-                logp = completion_logprobs(model, t["ids"], t["mask"], temperature)
+                logp = completion_logprobs(model, t["ids"], t["mask"], temperature, spreads if epoch == 0 else None)
                 loss, s = icepop_grpo_loss(
                     logp,
                     m.old if m.old is not None else logp.detach(),
@@ -216,6 +219,7 @@ def train_step(
         max_abs_logp_diff=total.max_abs_logp_diff,
         clipped_fraction=total.clipped_fraction,
         kl_ref=total.kl_ref,
+        entropy=float(torch.cat(spreads).mean()) if spreads else 0.0,
         reward_mean=sum(rewards) / max(len(rewards), 1),
         sequences=total.sequences,
         tokens=total.tokens,
