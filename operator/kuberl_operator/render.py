@@ -90,7 +90,14 @@ def worker_config(
             leaseSeconds=spec.faultTolerance.leaseSeconds,
             heartbeatSeconds=spec.faultTolerance.heartbeatSeconds,
         ),
-        reporting=ReportingConfig(tensorboard=spec.reporting.tensorboard),
+        reporting=ReportingConfig(
+            tensorboard=spec.reporting.tensorboard,
+            mlflowTrackingUri=spec.reporting.mlflow.trackingUri if spec.reporting.mlflow else None,
+            mlflowExperiment=spec.reporting.mlflow.experiment if spec.reporting.mlflow else None,
+            wandbProject=spec.reporting.wandb.project if spec.reporting.wandb else None,
+            wandbEntity=spec.reporting.wandb.entity if spec.reporting.wandb else None,
+            wandbMode=spec.reporting.wandb.mode if spec.reporting.wandb else "offline",
+        ),
         eval=None
         if spec.eval is None
         else EvalConfig(

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = minimal_job(
     task={"dataset": {"builtin": "arithmetic"}, "reward": "numeric", "maxPromptTokens": 64},
     eval={"dataset": {"builtin": "arithmetic"}},
+    reporting={"mlflow": {"trackingUri": "file:/tmp/mlruns"}, "wandb": {"project": "p"}},
 )
 # A changed value for each field whose type gives none by itself (strings, paths, optional and free-form fields).
 SAMPLES: dict[str, Any] = {
@@ -53,6 +54,10 @@ SAMPLES: dict[str, Any] = {
     "checkpoint.volume": "ckpt",
     "faultTolerance.startDeadlineSeconds": 600,
     "image": "registry.example/worker:1",
+    "reporting.mlflow.trackingUri": "http://mlflow.example:5000",
+    "reporting.mlflow.experiment": "grpo",
+    "reporting.wandb.project": "other",
+    "reporting.wandb.entity": "team",
 }
 # Fields the operator (and `kuberl run`) act on themselves rather than hand to the workers: the module that reads
 # each. Checked: the module's source reads the field by name.

@@ -163,6 +163,13 @@ class EvalConfig(_Contract):
 class ReportingConfig(_Contract):
     # TensorBoard event files of each step's statistics, written by the controller to <checkpoint dir>/tensorboard
     tensorboard: bool = False
+    # MLflow (controller/tracking.py): a tracking URI turns it on
+    mlflowTrackingUri: str | None = None
+    mlflowExperiment: str | None = None
+    # Weights & Biases: a project turns it on; offline runs are written under <checkpoint dir>/wandb
+    wandbProject: str | None = None
+    wandbEntity: str | None = None
+    wandbMode: Literal["offline", "online"] = "offline"
 
 
 class Ports(_Contract):

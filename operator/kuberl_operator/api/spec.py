@@ -351,14 +351,40 @@ class EvalSpec(ApiModel):
     """Prompts evaluated: the first this many of the dataset that fit task.maxPromptTokens."""
 
 
+class MlflowSpec(ApiModel):
+    """An MLflow run per job, written by the controller."""
+
+    trackingUri: str = Field(min_length=1, max_length=2048, pattern=r"^(https?|file|databricks):")
+    """The tracking server (`http(s)://...`, `databricks`) or a `file:` store path the controller can write.
+    Credentials: set MLFLOW_TRACKING_TOKEN (or USERNAME/PASSWORD) in controller.template's env, e.g. from a Secret."""
+    experiment: str | None = Field(None, min_length=1, max_length=256)
+    """Experiment name; unset: the job's name."""
+
+
+class WandbSpec(ApiModel):
+    """A Weights & Biases run per job, written by the controller."""
+
+    project: str = Field(min_length=1, max_length=128)
+    """W&B project the job's run goes to."""
+    entity: str | None = Field(None, min_length=1, max_length=128)
+    """W&B entity (user or team); unset: the API key's default."""
+    mode: Literal["offline", "online"] = "offline"
+    """`offline` writes the run under `<checkpoint directory>/wandb` (`wandb sync` uploads it later); `online`
+    needs WANDB_API_KEY in the controller's environment (`kuberl run`: yours; a cluster: controller.template env,
+    e.g. from a Secret)."""
+
+
 class ReportingSpec(ApiModel):
     """Where training statistics go besides metrics (Prometheus) and, for `kuberl run`, metrics.jsonl."""
 
     tensorboard: bool = False
     """Write TensorBoard event files of every step's statistics (reward, lengths, loss, KL, grad norm, IcePop
     masked fraction, ...) to `<checkpoint directory>/tensorboard/` (the checkpoint volume in a cluster;
-    `<run dir>/checkpoints/tensorboard` for `kuberl run`): `tensorboard --logdir` that folder. MLflow and W&B are
-    not implemented yet."""
+    `<run dir>/checkpoints/tensorboard` for `kuberl run`): `tensorboard --logdir` that folder."""
+    mlflow: MlflowSpec | None = None
+    """Report every step's statistics and evaluation rounds to MLflow (metric names as the TensorBoard tags)."""
+    wandb: WandbSpec | None = None
+    """Report every step's statistics and evaluation rounds to Weights & Biases."""
 
 
 CONTEXT_MESSAGE = (

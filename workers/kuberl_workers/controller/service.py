@@ -15,12 +15,12 @@ from kuberl_workers.config import WorkerConfig
 from kuberl_workers.controller.dataset import PromptSet
 from kuberl_workers.controller.evaluation import Evaluator
 from kuberl_workers.controller.metrics import ControllerMetrics
+from kuberl_workers.controller.reporting import Reporters
 from kuberl_workers.controller.rewards import REGISTRY, RewardFn, RewardPool
 from kuberl_workers.controller.samples import SampleLog, pick
 from kuberl_workers.controller.scheduler import MAX_CHUNK_FAILURES, Batch, Scheduler, SchedulerConfig
 from kuberl_workers.controller.state import Rollout
 from kuberl_workers.controller.steps import rollout_stats
-from kuberl_workers.controller.tensorboard import StepWriter
 from kuberl_workers.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,7 @@ class Controller:
         self.peers: dict[str, Peer] = {}
         self.replay: dict[int, Batch] = {}  # batches since the last checkpoint, for a gang restart
         self._purged_recorded = self.scheduler.counters.rollouts_purged  # at the last history entry
-        self.tensorboard: StepWriter | None = None
-        if cfg.reporting.tensorboard:
-            self.tensorboard = StepWriter(Path(cfg.checkpoint.dir) / "tensorboard")
+        self.reporters = Reporters(cfg)  # TensorBoard, MLflow, W&B as spec.reporting says
         self.samples = SampleLog()
         self.evaluator: Evaluator | None = None
         if cfg.eval is not None:
@@ -277,8 +275,7 @@ class Controller:
             summary = evaluator.scored(item, reward)
             if summary is not None:
                 self.last_eval = summary
-                if self.tensorboard is not None:
-                    self.tensorboard.write_eval(summary)
+                self.reporters.write_eval(summary)
 
         task = asyncio.get_running_loop().create_task(run())
         self._pending_rewards.add(task)
@@ -391,8 +388,7 @@ class Controller:
         self.weights_uri = weights_uri
         if self.history and self.history[-1]["step"] == version:
             self.history[-1].update(trainSeconds=train_seconds, wallPublished=time.time(), **(stats or {}))
-            if self.tensorboard is not None:
-                self.tensorboard.write(self.history[-1])
+            self.reporters.write(self.history[-1])
         self.scheduler.weights_published(version)
         self._published_at = now
         self._step_started = now
@@ -450,8 +446,7 @@ class Controller:
         }
 
     async def aclose(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        self.reporters.close()
         for task in list(self._pending_rewards):
             task.cancel()
         self.rewards.close()
