@@ -50,7 +50,7 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
     (log,) = run_dir.glob("run-*.wandb")
     rows = []
     for raw in records(log):
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # generated protobuf code has no stubs
         record.ParseFromString(raw)
         if record.WhichOneof("record_type") == "history":
             rows.append(

@@ -39,7 +39,9 @@ def test_mlflow_run_gets_every_step_and_eval_and_a_restart_continues_it(tmp_path
     assert (cfg.reporting.mlflowTrackingUri, cfg.reporting.mlflowExperiment) == (uri, "grpo")
     _report(cfg)
     client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("grpo").experiment_id])
+    experiment = client.get_experiment_by_name("grpo")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
     reward = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "rollout/rewardMean")}
     assert reward == {1: 0.25, 2: 0.5}
     assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval/passAt1")} == {2: 0.5}
