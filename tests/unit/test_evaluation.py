@@ -113,6 +113,7 @@ async def test_a_chunk_that_keeps_failing_scores_zero_and_the_round_ends(tmp_pat
             assert (await reply.json())["released"] == [chunk["leaseId"]]
         (row,) = await _eval_rows(tmp_path, 1)
         assert (row["failed"], row["rewardMean"], row["passAt1"]) == (1, 0.0, 0.0)
+        assert controller.last_eval == row  # reported like any other round
         assert not [c for c in await _lease(client, 1) if c["leaseId"].startswith("e")]  # the round is over
     finally:
         await client.close()
@@ -191,3 +192,11 @@ def test_kuberl_run_summary_shows_the_first_and_last_round(tmp_path: Path) -> No
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{cut sho")  # a line cut by a crash is skipped
     ((label, text),) = eval_summary(path)
     assert label == "eval" and "reward 0.100 -> 0.600, pass@1 0.050 -> 0.550 (policy versions 0 -> 80" in text
+
+
+def test_eval_prompts_that_cannot_fit_fail_the_start_naming_the_field(tmp_path: Path) -> None:
+    data = tmp_path / "held-out.jsonl"
+    data.write_text(json.dumps({"prompt": "x" * 500, "answer": "1"}) + "\n")
+    cfg = job_config(tmp_path / "ckpt", **{**SPEC, "eval": {"dataset": {"path": str(data)}}})
+    with pytest.raises(ValueError, match=r"^eval\.dataset: .*task\.maxPromptTokens"):
+        Controller(cfg, tokenizer=ByteTokenizer(), reward=numeric)

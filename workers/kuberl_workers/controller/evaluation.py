@@ -15,6 +15,7 @@ import math
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: an item is one completion of one round
 class Item:
     prompt: int  # position among the eval prompts
     sample: int
@@ -75,6 +76,7 @@ class Evaluator:
         final_version: int,
         lease_seconds: float,
         directory: Path,
+        on_summary: Callable[[dict[str, Any]], None] = lambda summary: None,
     ) -> None:
         self.cfg, self.seed, self.final_version, self.lease_seconds = cfg, seed, final_version, lease_seconds
         self.max_new_tokens = task.maxNewTokens
@@ -88,7 +90,10 @@ class Evaluator:
             }
         )
         self.prompt_set = PromptSet(eval_task, tokenizer, seed)
-        self.prompts: list[tuple[list[int], str]] | None = None  # loaded at the first round
+        # loaded now, so that eval prompts that cannot be used fail the controller's start (ValueError naming the
+        # field, as task prompts do) instead of every round
+        self.prompts: list[tuple[list[int], str]] = self._load()
+        self.on_summary = on_summary
         self.log_path = directory / EVAL_LOG
         self.done: set[int] = {row["policyVersion"] for row in self.rows()}
         self.round: Round | None = None
@@ -110,13 +115,18 @@ class Evaluator:
         found: list[tuple[list[int], str]] = []
         index = 0
         limit = self.prompt_set.max_skips + self.cfg.maxPrompts  # the PromptSet's own bound raises before this
-        while len(found) < self.cfg.maxPrompts and index < limit:
-            prompt = self.prompt_set(base + index)
-            index += 1
-            if prompt is not None:
-                found.append(prompt)
-            if self.cfg.datasetPath and index >= self.prompt_set.max_skips:
-                break  # a file has no more prompts than its rows
+        try:
+            while len(found) < self.cfg.maxPrompts and index < limit:
+                prompt = self.prompt_set(base + index)
+                index += 1
+                if prompt is not None:
+                    found.append(prompt)
+                if self.cfg.datasetPath and index >= self.prompt_set.max_skips:
+                    break  # a file has no more prompts than its rows
+        except ValueError as error:
+            raise ValueError(f"eval.dataset: {error}") from None
+        if not found:
+            raise ValueError(f"eval.dataset: none of its {index} prompts fits in task.maxPromptTokens")
         return found
 
     @property
@@ -128,8 +138,6 @@ class Evaluator:
         return wanted and version not in self.done and self.round is None
 
     def start(self, version: int, now: float) -> None:
-        if self.prompts is None:
-            self.prompts = self._load()
         n = self.cfg.samplesPerPrompt
         items = [Item(prompt=p, sample=s) for p in range(len(self.prompts)) for s in range(n)]
         self.round = Round(version=version, items=items, started=now, queue=deque(range(len(items))))
@@ -138,7 +146,7 @@ class Evaluator:
     def lease(self, worker: str, max_chunks: int, version: int, now: float) -> list[dict[str, Any]]:
         """Up to `max_chunks` eval chunks for `worker`, which serves `version`."""
         r = self.round
-        if r is None or self.prompts is None:
+        if r is None:
             return []
         chunks: list[dict[str, Any]] = []
         while r.queue and len(chunks) < max_chunks:
@@ -226,7 +234,7 @@ class Evaluator:
     def scored(self, item: Item, reward: float) -> dict[str, Any] | None:
         """Record a reward; when it was the round's last, write and return the round's summary."""
         r = self.round
-        if r is None or item not in r.items:
+        if r is None or not any(i is item for i in r.items):
             return None
         item.reward = reward
         if any(i.reward is None for i in r.items):
@@ -238,6 +246,7 @@ class Evaluator:
         with self.log_path.open("a") as handle:
             handle.write(json.dumps(summary, sort_keys=True) + "\n")
         log.info("eval of policy version %d: %s", r.version, summary)
+        self.on_summary(summary)
         return summary
 
     def _summary(self, r: Round, wall: float) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class Controller:
                 cfg.algorithm.steps,
                 cfg.fault.leaseSeconds,
                 self.checkpoint_dir,
+                on_summary=self._eval_done,
             )
         self.last_checkpoint = ""
         self.last_reward_mean = 0.0
@@ -265,22 +266,23 @@ class Controller:
     def _accept_eval(self, worker: str, result: dict[str, Any]) -> bool:
         evaluator = self.evaluator
         item = None if evaluator is None else evaluator.complete(worker, result["leaseId"], result["version"])
-        if item is None or evaluator is None or evaluator.prompts is None:
+        if item is None or evaluator is None:
             return False
         text, answer = self.tokenizer.decode(result["tokenIds"]), evaluator.prompts[item.prompt][1]
         item.tokens = len(result["tokenIds"])
 
         async def run() -> None:
             reward, _ = await self.rewards.score(self.reward_fn, text, answer)
-            summary = evaluator.scored(item, reward)
-            if summary is not None:
-                self.last_eval = summary
-                self.reporters.write_eval(summary)
+            evaluator.scored(item, reward)
 
         task = asyncio.get_running_loop().create_task(run())
         self._pending_rewards.add(task)
         task.add_done_callback(self._pending_rewards.discard)
         return True
+
+    def _eval_done(self, summary: dict[str, Any]) -> None:
+        self.last_eval = summary
+        self.reporters.write_eval(summary)
 
     def pool_tokens_per_second(self) -> float:
         return sum(s.tokens_per_second or 0.0 for s in self.scheduler.workers.values())
