@@ -200,3 +200,21 @@ def test_eval_prompts_that_cannot_fit_fail_the_start_naming_the_field(tmp_path: 
     cfg = job_config(tmp_path / "ckpt", **{**SPEC, "eval": {"dataset": {"path": str(data)}}})
     with pytest.raises(ValueError, match=r"^eval\.dataset: .*task\.maxPromptTokens"):
         Controller(cfg, tokenizer=ByteTokenizer(), reward=numeric)
+
+
+async def test_a_draining_worker_gets_no_eval_chunks_and_its_eval_leases_keep_it(tmp_path: Path) -> None:
+    client, controller = await _client(tmp_path, eval={**EVAL, "maxPrompts": 1, "samplesPerPrompt": 2})
+    try:
+        controller.tick()
+        (held,) = [c for c in await _lease(client, 1) if c["leaseId"].startswith("e")]
+        drain = await (await client.post("/v1/rollout/drain", json={"worker": "r0"}, headers=AUTH)).json()
+        assert drain == {"worker": "r0", "leases": 1, "drained": False}  # its eval lease still counts
+        assert not [c for c in await _lease(client, 4) if c["leaseId"].startswith("e")]
+        reply = await client.post(
+            "/v1/rollout/release", json={"worker": "r0", "leaseIds": [held["leaseId"]]}, headers=AUTH
+        )
+        assert (await reply.json())["released"] == [held["leaseId"]]  # handed back: not a failure
+        assert controller.evaluator is not None and controller.evaluator.round is not None
+        assert all(item.failures == 0 for item in controller.evaluator.round.items)
+    finally:
+        await client.close()

@@ -210,6 +210,10 @@ class Evaluator:
         self.round.queue.append(self.round.items.index(item))
         return True
 
+    def held_by(self, worker: str) -> int:
+        """Eval leases `worker` holds now."""
+        return 0 if self.round is None else sum(1 for i in self.round.items if i.lease and i.worker == worker)
+
     def release_worker(self, worker: str) -> int:
         """A worker is gone: its eval leases go back to the queue."""
         r = self.round

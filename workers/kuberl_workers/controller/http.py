@@ -193,7 +193,7 @@ async def release(request: web.Request) -> web.Response:
 
 async def drain(request: web.Request) -> web.Response:
     c, body = request.app[CONTROLLER], await _parse(request, DrainRequest)
-    held = c.scheduler.drain(body.worker)
+    held = c.drain(body.worker)
     return web.json_response({"worker": body.worker, "leases": held, "drained": held == 0})
 
 

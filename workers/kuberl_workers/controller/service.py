@@ -185,8 +185,11 @@ class Controller:
     def lease(self, worker: str, max_rollouts: int) -> list[dict[str, Any]]:
         """Eval chunks first (a round is short and measures the version being served), then rollout chunks."""
         now = self.clock()
+        state = self.scheduler.workers.get(worker)
         chunks = (
-            [] if self.evaluator is None else self.evaluator.lease(worker, max_rollouts, self.scheduler.version, now)
+            []
+            if self.evaluator is None or (state is not None and state.draining)
+            else self.evaluator.lease(worker, max_rollouts, self.scheduler.version, now)
         )
         if self.trained or len(chunks) >= max_rollouts:
             return chunks
@@ -231,6 +234,11 @@ class Controller:
                 self._score(rollout)
         self.scheduler.record_throughput(worker, tokens, seconds)
         return accepted, rejected, invalid
+
+    def drain(self, worker: str) -> int:
+        """Stop leasing to `worker` (rollout and eval chunks); returns the leases it still holds (0: it may stop)."""
+        held = self.scheduler.drain(worker)
+        return held + (0 if self.evaluator is None else self.evaluator.held_by(worker))
 
     def release_chunk(self, worker: str, lease_id: str) -> bool:
         """A worker hands a chunk back unfinished (it drains): it returns to its queue."""
