@@ -113,8 +113,8 @@ def test_the_readmes_cluster_steps_run_as_written(setup: Setup) -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## On a cluster", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     install = (ROOT / "docs" / "install.md").read_text()
-    assert "helm template kuberl charts/kuberl --namespace kuberl-system | kubectl apply -f -" in block
-    assert "helm template kuberl charts/kuberl --namespace kuberl-system | kubectl apply -f -" in install
+    assert "helm template kuberl charts/kuberl --namespace kuberl-system --no-hooks | kubectl apply -f -" in block
+    assert "helm template kuberl charts/kuberl --namespace kuberl-system --no-hooks | kubectl apply -f -" in install
     script = (
         block.replace("kuberl-system", "readme-system")
         .replace(" rl\n", " readme-rl\n")
@@ -397,3 +397,66 @@ def test_an_invalid_pod_template_fails_the_job_naming_the_field_and_no_pod_is_ma
     assert condition["reason"] == "InvalidSpec" and "spec.rollout.template.spec.containers" in condition["message"]
     assert setup.api.list("pods", "kuberl.io/job=oops") == []
     assert "Traceback" not in operator.log.read_text()
+
+
+# --- uninstall -------------------------------------------------------------------------------------------------
+
+
+def test_uninstall_hook_releases_the_finalizer_so_deleting_a_job_completes(
+    setup: Setup, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """#15 kind 2, on the real API server and controller-manager: an operator holds `kuberl.io/finalizer` on a job
+    and goes away (as `helm uninstall` removes it); before the hook, deleting the job hangs in Terminating with its
+    pods running. The hook's command (`kuberl release-finalizers`, as the chart's pre-delete Job runs it) scales the
+    operator's Deployment to 0, waits for its pods (the ReplicaSet controller removes them), releases the finalizer;
+    the job then goes at once and the garbage collector takes its pods."""
+    namespace = f"kuberl-uninstall-{uuid.uuid4().hex[:6]}"
+    create_namespace(setup.plane.kubeconfig, namespace)
+    api = Api(setup.plane.kubeconfig, namespace)
+    own = start_operator(Cluster(setup.plane.kubeconfig, api, None), tmp_path_factory.mktemp("uninstall-operator"))
+    try:
+        kubectl(
+            setup.plane.kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(job("held", namespace))
+        )
+        held = wait_for(
+            lambda: (
+                (doc := api.get("rljobs", "held"))
+                and "kuberl.io/finalizer" in doc["metadata"].get("finalizers", [])
+                and len([p for p in api.list("pods") if p["metadata"]["name"].startswith("held-")]) >= 3
+            ),
+            "the operator's finalizer and pods",
+            60,
+            lambda: own.log.read_text()[-3000:],
+        )
+        assert held
+    finally:
+        stop_operator(own)
+    kubectl(setup.plane.kubeconfig, "-n", namespace, "delete", "rljob", "held", "--wait=false")
+    time.sleep(3)
+    stuck = api.get("rljobs", "held")
+    assert stuck is not None and stuck["metadata"].get("deletionTimestamp")  # Terminating, held by the finalizer
+    hook = subprocess.run(
+        [
+            _kuberl(),
+            "release-finalizers",
+            "--operator-namespace=kuberl-system",
+            "--deployment=kuberl",
+            f"--namespace={namespace}",
+            "--timeout=60",
+        ],
+        env={**os.environ, "KUBECONFIG": str(setup.plane.kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert hook.returncode == 0, hook.stderr + hook.stdout
+    assert f"{namespace}/held" in hook.stdout
+    deployment = json.loads(
+        kubectl(setup.plane.kubeconfig, "-n", "kuberl-system", "get", "deployment", "kuberl", "-o", "json")
+    )
+    assert deployment["spec"]["replicas"] == 0
+    wait_for(lambda: api.get("rljobs", "held") is None, "the job gone", 30)
+    wait_for(
+        lambda: not [p for p in api.list("pods") if p["metadata"]["name"].startswith("held-")], "pods collected", 60
+    )
+    kubectl(setup.plane.kubeconfig, "delete", "namespace", namespace, "--wait=false")

@@ -38,7 +38,7 @@ def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, check: bool 
 
 def helm_template(watch_namespace: str, *extra: str) -> str:
     """The chart rendered as `helm install` would install it into RELEASE_NAMESPACE, watching one namespace."""
-    command = [tool("helm"), "template", "kuberl", str(CHART), "--namespace", RELEASE_NAMESPACE]
+    command = [tool("helm"), "template", "kuberl", str(CHART), "--namespace", RELEASE_NAMESPACE, "--no-hooks"]
     command += ["--set", f"watchNamespaces={{{watch_namespace}}}", *extra]
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
