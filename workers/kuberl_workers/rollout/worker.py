@@ -21,8 +21,10 @@ from kuberl_workers.rollout.engine import Chunk, Engine, Generated
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 0.2
 MAX_ENGINE_FAILURES = 5
-FILE_WAIT_POLLS = 120
+FILE_WAIT_POLLS = 40
 """Half-second polls for published weights on a shared volume to appear (a restarted trainer republishes)."""
+MAX_LOAD_FAILURES = 10
+"""Weight loads in a row that fail (each after up to FILE_WAIT_POLLS / 2 s) before the worker gives up."""
 """Generate calls in a row in which not one chunk went through (the engine is broken, not one prompt): exit."""
 Refused = list[tuple[dict[str, Any], str]]
 
@@ -34,6 +36,7 @@ class RolloutWorker:
         self.headers = {"Authorization": f"Bearer {token}"}
         self.engine: Engine | None = None
         self.version = 0
+        self.load_failures = 0
         self.draining = False
         self.done = False
         self.registry = CollectorRegistry()
@@ -116,6 +119,21 @@ class RolloutWorker:
             self.engine.weight_load_bytes,
         )
 
+    async def _follow(self, session: aiohttp.ClientSession, version: int, uri: str) -> None:
+        """Load the version the controller names; a version whose weights cannot be had (its trainer gone with its
+        files, e.g. before the controller starts over) is not fatal: the next lease names what to load now. Exits
+        (raises) only after MAX_LOAD_FAILURES in a row.
+        """
+        try:
+            await self._load(session, version, uri)
+            self.load_failures = 0
+        except (OSError, aiohttp.ClientError, TimeoutError) as error:
+            self.load_failures += 1
+            if self.load_failures >= MAX_LOAD_FAILURES:
+                raise
+            log.warning("weights of version %d not loaded (%s); asking the controller again", version, error)
+            await asyncio.sleep(1.0)
+
     # --- the loop ----------------------------------------------------------------------------------------
 
     async def _generate(self, chunks: list[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], Generated]], Refused]:
@@ -183,7 +201,7 @@ class RolloutWorker:
                     session, "/v1/workers/register", {"worker": self.name, "role": "rollout", "address": self.host}
                 )
                 if reply["version"] > 0:
-                    await self._load(session, reply["version"], reply["weightsUri"])
+                    await self._follow(session, reply["version"], reply["weightsUri"])
                 beats = asyncio.create_task(self._heartbeats(session))
                 while not self.done:
                     if self.draining:
@@ -199,7 +217,7 @@ class RolloutWorker:
                         },
                     )
                     if status == 409:
-                        await self._load(session, reply["version"], reply["weightsUri"])
+                        await self._follow(session, reply["version"], reply["weightsUri"])
                         continue
                     self.done = bool(reply["complete"])
                     chunks = reply["chunks"]
