@@ -18,6 +18,7 @@ from kuberl_workers.config import (
     ENV_TRAINER_MASTER,
     ENV_WORKER_ID,
     WorkerConfig,
+    reward_auth_env,
 )
 
 Manifest = dict[str, Any]
@@ -32,6 +33,7 @@ TOKEN_DIR: Final = "/etc/kuberl/token"
 CHECKPOINT_DIR: Final = "/var/kuberl/checkpoints"
 MODEL_ROOT: Final = "/var/kuberl/model"
 DATA_ROOT: Final = "/var/kuberl/data"
+REWARDS_ROOT: Final = "/var/kuberl/rewards"  # a python reward's ConfigMap or volume: <root>/<reward name>
 EVAL_DATA_ROOT: Final = "/var/kuberl/eval-data"
 DEFAULT_WORKER_IMAGE: Final = "ghcr.io/kuberl/worker:0.1.0"
 # labels the Helm chart gives the operator's pods (the per-job NetworkPolicy lets them reach the controller)
@@ -106,6 +108,7 @@ def render_config(job: RLJob) -> WorkerConfig:
         model_root=MODEL_ROOT,
         data_root=DATA_ROOT,
         eval_root=DATA_ROOT if _eval_volume(job) is None else EVAL_DATA_ROOT,
+        rewards_root=REWARDS_ROOT,
         shared_checkpoints=job.spec.checkpoint.volume is not None,
     )
 
@@ -225,6 +228,28 @@ def _volumes(job: RLJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return volumes, mounts
 
 
+def _reward_sources(job: RLJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The controller's python reward code (ConfigMaps, claims) as (volumes, mounts) and the http rewards' auth
+    Secrets as env.
+    """
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    env: list[dict[str, Any]] = []
+    for reward in job.spec.task.rewards or ():
+        volume = f"reward-{reward.name.replace('_', '-')}"
+        python, http = reward.python, reward.http
+        if python is not None and python.configMap:
+            volumes.append({"name": volume, "configMap": {"name": python.configMap}})
+        elif python is not None and python.volume:
+            volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": python.volume, "readOnly": True}})
+        if python is not None and (python.configMap or python.volume):
+            mounts.append({"name": volume, "mountPath": f"{REWARDS_ROOT}/{reward.name}", "readOnly": True})
+        if http is not None and http.authSecret is not None:
+            ref = {"name": http.authSecret.name, "key": http.authSecret.key}
+            env.append({"name": reward_auth_env(reward.name), "valueFrom": {"secretKeyRef": ref}})
+    return volumes, mounts, env
+
+
 def _security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
@@ -277,6 +302,9 @@ def build_pod(
         {"name": "HOME", "value": "/tmp"},
     ]
     volumes, mounts = _volumes(job)
+    if role == "controller":  # rewards run in the controller
+        reward_volumes, reward_mounts, reward_env = _reward_sources(job)
+        volumes, mounts, env = volumes + reward_volumes, mounts + reward_mounts, env + reward_env
     probe: dict[str, Any] = {
         "httpGet": {"path": "/healthz", "port": ROLE_PORT[role]},
         "periodSeconds": 10,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kuberl_operator.api.rljob import RLJob
+from kuberl_operator.api.spec import TaskSpec
 from kuberl_workers.config import (
     AlgorithmConfig,
     C3POConfig,
@@ -11,10 +12,12 @@ from kuberl_workers.config import (
     FaultConfig,
     ModelConfig,
     ReportingConfig,
+    RewardConfig,
     ScaleConfig,
     TaskConfig,
     TrainerConfig,
     WorkerConfig,
+    reward_auth_env,
 )
 
 
@@ -25,10 +28,12 @@ def worker_config(
     data_root: str = "",
     shared_checkpoints: bool = True,
     eval_root: str = "",
+    rewards_root: str = "",
 ) -> WorkerConfig:
     """The WorkerConfig of `job`. Paths on volumes are resolved against the given mount roots (in a pod, where
     the operator mounts the claims; locally, empty). `shared_checkpoints` says whether every role sees
-    `checkpoint_dir` (locally yes; in a cluster only with spec.checkpoint.volume).
+    `checkpoint_dir` (locally yes; in a cluster only with spec.checkpoint.volume). A python reward's ConfigMap or
+    volume is mounted at `<rewards_root>/<reward name>`.
     """
     spec = job.spec
 
@@ -52,7 +57,7 @@ def worker_config(
             answerField=spec.task.dataset.answerField,
             promptFormat=spec.task.promptFormat,
             systemPrompt=spec.task.systemPrompt,
-            reward=spec.task.reward,
+            rewards=reward_configs(spec.task, rewards_root),
             promptsPerStep=spec.task.promptsPerStep,
             samplesPerPrompt=spec.task.samplesPerPrompt,
             maxPromptTokens=spec.task.maxPromptTokens,
@@ -117,3 +122,52 @@ def worker_config(
             shared=shared_checkpoints,
         ),
     )
+
+
+def reward_configs(task: TaskSpec, rewards_root: str = "") -> tuple[RewardConfig, ...]:
+    """task.reward (shorthand) or task.rewards as the workers' reward configs."""
+    if task.reward is not None:
+        return (RewardConfig(name=task.reward, kind="builtin", builtin=task.reward),)
+    out = []
+    for reward in task.rewards or ():
+        common = {"name": reward.name, "weight": reward.weight}
+        if reward.builtin is not None:
+            out.append(RewardConfig(**common, kind="builtin", builtin=reward.builtin))
+        elif reward.python is not None:
+            python, mount = reward.python, f"{rewards_root.rstrip('/')}/{reward.name}"
+            path = python.path
+            if rewards_root and python.configMap:
+                path = mount
+            elif rewards_root and python.volume and python.path:
+                path = f"{mount}/{python.path}"
+            out.append(
+                RewardConfig(
+                    **common, kind="python", function=python.function, path=path, timeoutSeconds=python.timeoutSeconds
+                )
+            )
+        elif reward.http is not None:
+            http = reward.http
+            out.append(
+                RewardConfig(
+                    **common,
+                    kind="http",
+                    url=http.url,
+                    authHeader=http.authHeader,
+                    authEnv=reward_auth_env(reward.name) if http.authSecret else None,
+                    batchSize=http.batchSize,
+                    timeoutSeconds=http.timeoutSeconds,
+                    retries=http.retries,
+                )
+            )
+        elif reward.code is not None:  # the sandbox's limits keep their API names in the contract
+            out.append(RewardConfig(**common, kind="code", **reward.code.model_dump()))
+    return tuple(out)
+
+
+def local_problems(job: RLJob) -> list[str]:
+    """Fields `kuberl run` cannot honour on one machine (it refuses the job naming them)."""
+    out = []
+    for i, reward in enumerate(job.spec.task.rewards or ()):
+        if reward.python is not None and reward.python.configMap:
+            out.append(f"spec.task.rewards[{i}].python.configMap: kuberl run reads no ConfigMaps; use python.path")
+    return out

@@ -70,6 +70,35 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
     ("ppo-epochs-zero", {"spec.algorithm.ppoEpochs": 0}, {"spec.algorithm.ppoEpochs"}),
     ("micro-batch-tiny", {"spec.trainer.maxTokensPerMicroBatch": 1}, {"spec.trainer.maxTokensPerMicroBatch"}),
     ("unknown-builtin-model", {"spec.model.builtin": "gpt-5"}, {"spec.model.builtin"}),
+    # task.rewards (#17): one-of rules on list items, unique names across the list
+    ("reward-and-rewards", {"spec.task.rewards": [{"name": "a", "builtin": "math"}]}, {"spec.task"}),
+    ("reward-neither", {"spec.task.reward": DELETE}, {"spec.task"}),
+    (
+        "reward-no-source",
+        {"spec.task.reward": DELETE, "spec.task.rewards": [{"name": "a", "weight": 2.0}]},
+        {"spec.task.rewards[0]"},
+    ),
+    (
+        "reward-names-repeat",
+        {
+            "spec.task.reward": DELETE,
+            "spec.task.rewards": [{"name": "a", "builtin": "math"}, {"name": "a", "code": {}}],
+        },
+        {"spec.task.rewards"},
+    ),
+    (
+        "reward-configmap-and-path",
+        {
+            "spec.task.reward": DELETE,
+            "spec.task.rewards": [{"name": "a", "python": {"function": "m:f", "configMap": "c", "path": "p.py"}}],
+        },
+        {"spec.task.rewards[0].python.configMap"},
+    ),
+    (
+        "reward-bad-url",
+        {"spec.task.reward": DELETE, "spec.task.rewards": [{"name": "a", "http": {"url": "x"}}]},
+        {"spec.task.rewards[0].http.url"},
+    ),
     ("name-uppercase", {"metadata.name": "Bad_Name"}, {"metadata.name"}),
     ("name-too-long", {"metadata.name": "j" * 41}, {"metadata.name"}),
 ]

@@ -50,7 +50,7 @@ HOSTILE: list[Case] = [
     ),
     ("model-string", "a string where an object goes", {"spec.model": "tiny"}, "spec.model", "api"),
     ("task-list", "a list where an object goes", {"spec.task": []}, "spec.task", "api"),
-    ("reward-null", "a null required field", {"spec.task.reward": None}, "spec.task.reward", "api"),
+    ("dataset-null", "a null required field", {"spec.task.dataset": None}, "spec.task.dataset", "api"),
     ("image-huge", "a 5000-character image", {"spec.image": "a" * 5000}, "spec.image", "api"),
     ("image-empty", "an empty image", {"spec.image": ""}, "spec.image", "api"),
     ("name-shell", "shell in the name", {"metadata.name": "job; rm -rf /"}, "metadata.name", "api"),

@@ -147,6 +147,9 @@ def cel_problems(obj: Any, schema: dict[str, Any], old: Any = None, path: str = 
             if key in obj:
                 old_child = old.get(key) if isinstance(old, dict) else None
                 out += cel_problems(obj[key], sub, old_child, _join(path, key))
+    elif isinstance(obj, list) and "items" in schema:  # rules of list items, as the API server runs them
+        for index, item in enumerate(obj):
+            out += cel_problems(item, schema["items"], None, _join(path, index))
     return out
 
 

@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from kuberl_operator.api import RLJob, RLJobStatus
+from kuberl_operator.api.reward import RewardFunctionSpec
 from kuberl_operator.api.spec import DatasetSpec, ModelSpec, RolloutSpec, TaskSpec
 from kuberl_operator.api.validate import load_rljob, validate_document, validate_file
 from kuberl_workers import catalog
@@ -72,6 +73,7 @@ def test_catalogs_match_the_workers() -> None:
         return typing.get_args(inner)
 
     assert literal(TaskSpec, "reward") == catalog.REWARD_NAMES
+    assert literal(RewardFunctionSpec, "builtin") == catalog.BUILTIN_REWARDS
     assert literal(ModelSpec, "builtin") == catalog.BUILTIN_MODELS
     assert literal(DatasetSpec, "builtin") == catalog.BUILTIN_DATASETS
     assert literal(RolloutSpec, "engine") == catalog.ENGINES
@@ -89,7 +91,7 @@ def test_every_problem_reported_at_once() -> None:
         [
             "spec.rollout.minReplicas: must be <= maxReplicas",
             "spec.rollout.bogus: unknown field",
-            "spec.task.reward: input should be 'exact_match', 'numeric' or 'format' (got 'nope')",
+            "spec.task.reward: input should be 'exact_match', 'numeric', 'format' or 'math' (got 'nope')",
             "spec.task.promptsPerStep: input should be greater than or equal to 1 (got 0)",
             "spec.c3po.chunkTokens: must be <= task.maxNewTokens",
             "metadata.name: must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) "
@@ -145,4 +147,6 @@ def test_validate_takes_the_document_as_the_api_server_stores_it() -> None:
     doc["spec"]["task"]["promptsPerStep"] = 32.5
     assert [p.path for p in validate_document(doc)] == ["spec.task.promptsPerStep"]
     doc["spec"]["task"] = {"dataset": {"builtin": "arithmetic"}, "reward": None}
-    assert [str(p) for p in validate_document(doc)] == ["spec.task.reward: required field is missing"]
+    assert [str(p) for p in validate_document(doc)] == [
+        "spec.task: exactly one of task.reward or task.rewards must be set"
+    ]

@@ -170,7 +170,11 @@ async def test_hanging_reward_does_not_stall_the_step(tmp_path: Path) -> None:
         batch = await (await client.get("/v1/trainer/batch?step=0", headers=AUTH)).json()
         assert all(r["reward"] == 0.0 for g in batch["groups"] for r in g["rollouts"])
         metrics = await (await client.get("/metrics")).text()
-        assert 'kuberl_reward_failures_total{job="job",kind="timeout",namespace="default",role="controller"}' in metrics
+        failures = (
+            'kuberl_reward_failures_total{job="job",namespace="default",reason="timeout",reward="reward",'
+            'role="controller"}'
+        )
+        assert failures in metrics
     finally:
         await client.close()
 

@@ -23,7 +23,7 @@ from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.api.spec import RLJobSpec
 from kuberl_operator.api.validate import validate_document
 from kuberl_workers.config import WorkerConfig
-from support.specs import minimal_job, set_path
+from support.specs import DELETE, minimal_job, set_path
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = minimal_job(
@@ -58,6 +58,9 @@ SAMPLES: dict[str, Any] = {
     "reporting.mlflow.experiment": "grpo",
     "reporting.wandb.project": "other",
     "reporting.wandb.entity": "team",
+    "task.reward": "math",
+    # every field of one reward is audited in tests/unit/test_reward_api.py
+    "task.rewards": [{"name": "correct", "builtin": "numeric"}, {"name": "style", "builtin": "format", "weight": 0.1}],
 }
 # Fields the operator (and `kuberl run`) act on themselves rather than hand to the workers: the module that reads
 # each. Checked: the module's source reads the field by name.
@@ -147,6 +150,8 @@ def test_a_changed_field_changes_what_runs_or_is_refused(path: str) -> None:
             base = set_path(set_path(BASE, f"spec.{dataset}.path", "d.jsonl"), f"spec.{dataset}.builtin", None)
             assert not validate_document(doc) and observed(doc) != observed(base), f"spec.{path} changes nothing"
             return
+    if path == "task.rewards":  # the full form instead of the shorthand: one or the other
+        doc = set_path(doc, "spec.task.reward", DELETE)
     problems = validate_document(doc)
     if problems:
         assert all(str(p).startswith("spec.") for p in problems), problems  # refused, naming a field

@@ -98,3 +98,21 @@ def test_broken_tokenizer_is_named(tmp_path: Path) -> None:
     task = {"dataset": {"builtin": "arithmetic"}, "reward": "numeric"}
     (found,) = problems(_config(tmp_path, model={"path": str(model)}, task=task))
     assert found.startswith(f"model.path: {model}: the tokenizer does not load (")
+
+
+def test_rewards_that_cannot_run_are_named(tmp_path: Path) -> None:
+    """#17: a python reward that does not import, and an http reward without its auth value, fail the preflight."""
+    (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
+    (tmp_path / "fine.py").write_text("def score(**kwargs):\n    return 1.0\n")
+    rewards = [
+        {"name": "broken", "python": {"function": "broken:score", "path": str(tmp_path / "broken.py")}},
+        {"name": "missing", "python": {"function": "fine:nope", "path": str(tmp_path / "fine.py")}},
+        {"name": "fine", "python": {"function": "fine:score", "path": str(tmp_path / "fine.py")}},
+        {"name": "judge", "http": {"url": "http://127.0.0.1:9/score", "authSecret": {"name": "s", "key": "k"}}},
+    ]
+    task = {"dataset": {"builtin": "arithmetic"}, "rewards": rewards, "maxPromptTokens": 64}
+    found = problems(_config(tmp_path, task=task))
+    assert len(found) == 3, found
+    assert found[0].startswith("task.rewards[0].python: broken:score does not load: ModuleNotFoundError")
+    assert found[1].startswith("task.rewards[1].python: fine:nope does not load: AttributeError")
+    assert found[2] == "task.rewards[3].http.authSecret: the environment variable KUBERL_REWARD_AUTH_JUDGE is not set"

@@ -33,7 +33,7 @@ def test_exact_match_and_format() -> None:
     assert format_reward("42", "42") == pytest.approx(1.0)
     assert format_reward("it is 42", "42") == pytest.approx(0.9)
     assert format_reward("41", "42") == pytest.approx(0.1)
-    assert set(REGISTRY) == {"exact_match", "numeric", "format"}
+    assert set(REGISTRY) == {"exact_match", "numeric", "format", "math"}
 
 
 def test_huge_hostile_completion_is_bounded() -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # --- environment variables every worker process reads ------------------------------------------------------
 ENV_CONFIG: Final = "KUBERL_CONFIG"
@@ -72,6 +72,35 @@ class ModelConfig(_Contract):
     dtype: str = "auto"
 
 
+def reward_auth_env(name: str) -> str:
+    """The controller's environment variable holding http reward `name`'s auth header value (from its Secret in
+    a pod; set by hand for `kuberl run`).
+    """
+    return f"KUBERL_REWARD_AUTH_{name.upper()}"
+
+
+class RewardConfig(_Contract):
+    """One reward of task.rewards (controller/rewards): `kind` says which of the fields below apply."""
+
+    name: str
+    kind: Literal["builtin", "python", "http", "code"]
+    weight: float = 1.0
+    builtin: str | None = None  # builtin: the rule's name
+    function: str | None = None  # python: module:function
+    path: str | None = None  # python: a directory or .py file put on the import path
+    url: str | None = None  # http
+    authHeader: str = "Authorization"  # http: the header the auth value goes in
+    authEnv: str | None = None  # http: environment variable holding the auth value
+    batchSize: int = Field(16, ge=1)  # http
+    retries: int = Field(2, ge=0)  # http
+    timeoutSeconds: float | None = Field(None, gt=0)  # python, http, code; builtin: limits.rewardTimeoutSeconds
+    testsField: str = "test"  # code
+    entryPointField: str = "entry_point"  # code
+    cpuSeconds: int = Field(5, ge=1)  # code
+    memoryMiB: int = Field(512, ge=16)  # code
+    outputKiB: int = Field(1024, ge=1)  # code
+
+
 class TaskConfig(_Contract):
     datasetPath: str | None = None
     datasetBuiltin: str | None = None
@@ -80,12 +109,22 @@ class TaskConfig(_Contract):
     answerField: str = "answer"
     promptFormat: Literal["auto", "chat", "raw"] = "auto"
     systemPrompt: str | None = None
-    reward: str
+    rewards: tuple[RewardConfig, ...] = Field(min_length=1)
     promptsPerStep: int
     samplesPerPrompt: int
     maxPromptTokens: int
     maxNewTokens: int
     temperature: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_shorthand(cls, data: Any) -> Any:
+        """`reward: "numeric"` (task.reward's shorthand) means one built-in reward of that name."""
+        if isinstance(data, dict) and "reward" in data:
+            data = dict(data)
+            name = data.pop("reward")
+            data.setdefault("rewards", ({"name": name, "kind": "builtin", "builtin": name},))
+        return data
 
 
 class AlgorithmConfig(_Contract):

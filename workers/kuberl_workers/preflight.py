@@ -96,11 +96,54 @@ def _prompt_problems(cfg: WorkerConfig) -> list[str]:
 
 
 def _reward_problems(cfg: WorkerConfig) -> list[str]:
+    """Each reward of task.rewards can run: a rule exists, a Python function imports (in a child process, under
+    the reward timeout), an http reward's auth value is in the environment, a code reward's rows have tests.
+    """
+    import os
+
     from kuberl_workers.controller.rewards import REGISTRY
 
-    if cfg.task.reward not in REGISTRY:
-        return [f"task.reward: {cfg.task.reward!r} is not a reward kind here (known: {', '.join(sorted(REGISTRY))})"]
-    return []
+    found = []
+    for i, reward in enumerate(cfg.task.rewards):
+        field = f"task.rewards[{i}]"
+        if reward.kind == "builtin" and reward.builtin not in REGISTRY:
+            found.append(f"{field}.builtin: {reward.builtin!r} is not a rule here (known: {', '.join(REGISTRY)})")
+        elif reward.kind == "python":
+            problem = _python_problem(reward.function or "", reward.path, cfg.limits.rewardTimeoutSeconds * 6)
+            if problem:
+                found.append(f"{field}.python: {problem}")
+        elif reward.kind == "http" and reward.authEnv and not os.environ.get(reward.authEnv):
+            found.append(f"{field}.http.authSecret: the environment variable {reward.authEnv} is not set")
+        elif reward.kind == "code" and cfg.task.datasetPath:
+            from kuberl_workers.controller.dataset import read_dataset
+
+            with contextlib.suppress(OSError, ValueError):  # the dataset's own problems are reported above
+                _, rows = read_dataset(cfg.task.datasetPath, cfg.task.promptField, cfg.task.answerField)
+                if not any(isinstance(row.get(reward.testsField), str) for row in rows):
+                    found.append(f"{field}.code.testsField: no row of {cfg.task.datasetPath} has {reward.testsField!r}")
+    return found
+
+
+def _python_problem(function: str, path: str | None, timeout: float) -> str | None:
+    """Why `module:function` does not load, or None; imported in a child process (its import runs user code)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from kuberl_workers.controller.rewards.python_fn import check_loads
+
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        executor.submit(check_loads, function, path).result(timeout=timeout)
+    except FutureTimeout:
+        return f"importing {function} took longer than {timeout:.0f} s"
+    except Exception as error:  # ImportError, SyntaxError, AttributeError ... of the user's module
+        return f"{function} does not load: {type(error).__name__}: {error}"
+    finally:
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+    return None
 
 
 def fail(found: list[str]) -> NoReturn:

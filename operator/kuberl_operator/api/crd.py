@@ -77,9 +77,16 @@ def _structural(node: Any, defs: dict[str, Any], in_spec: bool = False, optional
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"unsupported union in schema: {branches}")
+        node.pop("title", None)
+        if "description" in node:
+            node["description"] = " ".join(node["description"].split())
+        # the branch is rewritten in full here; `= None` leaves it absent, without a section default (a one-of
+        # member such as a reward's `code: {}` must not appear in every reward)
         node = {**_structural(branches[0], defs, in_spec, optional), **node}
         if node.get("default", 0) is None:
             del node["default"]
+        ordered = {key: node.pop(key) for key in _KEY_ORDER if key in node}
+        return {**ordered, **dict(sorted(node.items()))}
     node.pop("title", None)
     if node.get("additionalProperties") is False:  # structural schemas prune unknown fields instead
         del node["additionalProperties"]

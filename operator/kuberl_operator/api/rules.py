@@ -6,7 +6,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
@@ -70,6 +70,29 @@ def ordered(left: str, op: str, right: str, why: str = "") -> Rule:
         return None if _COMPARE[op](_get(m, left), _get(m, right)) else message
 
     return Rule(cel=f"self.{left} {op} self.{right}", message=message, field=left, check=check)
+
+
+def stays_inside(field: str) -> Rule:
+    """No ".." in a path: it must not climb out of its volume (a file named "a..b" is refused too: CEL has no
+    path splitting).
+    """
+    message = "must not contain '..' (it would leave its volume)"
+    return Rule(
+        cel=f"!has(self.{field}) || !self.{field}.contains('..')",
+        message=message,
+        field=field,
+        check=lambda m: message if ".." in (getattr(m, field) or "") else None,
+    )
+
+
+def needs(field: str, needed: str) -> Rule:
+    message = f"needs {needed} (the directory or file inside the volume)"
+    return Rule(
+        cel=f"!has(self.{field}) || has(self.{needed})",
+        message=message,
+        field=field,
+        check=lambda m: message if getattr(m, field) is not None and getattr(m, needed) is None else None,
+    )
 
 
 class ApiModel(BaseModel):
@@ -154,6 +177,19 @@ def rule_problems(cls: type[ApiModel], raw: Any, prefix: str = "") -> list[tuple
             problems.append((path, message))
     for name, info in cls.model_fields.items():
         sub = _model_class(info.annotation)
+        path = f"{prefix}.{name}" if prefix else name
         if sub is not None and name in raw:
-            problems += rule_problems(sub, raw[name], f"{prefix}.{name}" if prefix else name)
+            problems += rule_problems(sub, raw[name], path)
+        item = _list_item_class(info.annotation)
+        if item is not None and isinstance(raw.get(name), list):
+            for index, element in enumerate(raw[name]):
+                problems += rule_problems(item, element, f"{path}[{index}]")
     return problems
+
+
+def _list_item_class(annotation: Any) -> type[ApiModel] | None:
+    """X of a `list[X] | None` field whose X is an API model."""
+    for candidate in (annotation, *get_args(annotation)):
+        if get_origin(candidate) is list:
+            return _model_class(get_args(candidate)[0])
+    return None

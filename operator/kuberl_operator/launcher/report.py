@@ -102,6 +102,7 @@ TRAINER_STATS = (
     "policyVersionsSpannedMax",
     "oldestPolicyVersion",
     "rolloutsPurged",
+    "scores",
     *TRAINER_STAT_FIELDS,
 )
 """Per-step fields of the controller's history (rollout side: controller/service.py; trainer side: its stats)

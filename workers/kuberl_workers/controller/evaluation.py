@@ -113,6 +113,7 @@ class Evaluator:
     def _load(self) -> list[tuple[list[int], str]]:
         base = EVAL_INDEX_BASE if self.cfg.datasetBuiltin else 0
         found: list[tuple[list[int], str]] = []
+        self.indices: list[int] = []  # prompt set index of each of found: its dataset row, for the rewards
         index = 0
         limit = self.prompt_set.max_skips + self.cfg.maxPrompts  # the PromptSet's own bound raises before this
         try:
@@ -121,6 +122,7 @@ class Evaluator:
                 index += 1
                 if prompt is not None:
                     found.append(prompt)
+                    self.indices.append(base + index - 1)
                 if self.cfg.datasetPath and index >= self.prompt_set.max_skips:
                     break  # a file has no more prompts than its rows
         except ValueError as error:

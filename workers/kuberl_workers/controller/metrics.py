@@ -45,6 +45,17 @@ class ControllerMetrics:
         )
         for phase in PHASES:  # every phase exported from the start (count 0), not only after its first step
             self.step_seconds.labels(**self.labels, phase=phase)
+        self.reward_seconds = Histogram(
+            "kuberl_reward_seconds",
+            "Time to score one completion, by reward of task.rewards (an http reward: its service's latency)",
+            (*LABELS, "reward"),
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+
+    def reward_scored(self, reward: str, seconds: float, failure: str | None) -> None:
+        """One reward of one completion scored (RewardSet's observer); failures are counted by the set."""
+        self.reward_seconds.labels(**self.labels, reward=reward).observe(seconds)
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         self.step_seconds.labels(**self.labels, phase=phase).observe(seconds)
@@ -137,8 +148,11 @@ class _Live(Collector):
         for name, doc, read in totals:
             yield counter(name, doc, read())
         failures = CounterMetricFamily(
-            "kuberl_reward_failures", "Reward calls that failed and scored 0", labels=[*names, "kind"]
+            "kuberl_reward_failures",
+            "Completions a reward scored 0 for a reason (timeout, error, crash, nan, type, http_<status>, "
+            "connection, a code reward's tests_failed or sandbox refusal)",
+            labels=[*names, "reward", "reason"],
         )
-        for kind, count in sorted(c.rewards.failures.items()):
-            failures.add_metric([*values, kind], count)
+        for (reward, reason), count in sorted(c.rewards.failures.items()):
+            failures.add_metric([*values, reward, reason], count)
         yield failures

@@ -31,12 +31,15 @@ class Reporter(Protocol):
 
 
 def scalars(entry: dict[str, Any], skipped: set[str] = SKIPPED) -> dict[str, float]:
-    """The numeric fields of an entry (bools and bookkeeping fields left out), as floats."""
-    return {
+    """The numeric fields of an entry (bools and bookkeeping fields left out), as floats; each named reward score
+    (task.rewards, the entry's `scores`) as `rewards/<name>`.
+    """
+    out = {
         name: float(value)
         for name, value in sorted(entry.items())
         if name not in skipped and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+    return out | {f"rewards/{name}": float(value) for name, value in sorted((entry.get("scores") or {}).items())}
 
 
 def _tensorboard(cfg: WorkerConfig) -> Reporter:

@@ -316,11 +316,13 @@ class Scheduler:
 
     # --- rewards and the training pool ------------------------------------------------------------------
 
-    def rewarded(self, rollout_id: int, reward: float) -> None:
+    def rewarded(self, rollout_id: int, reward: float, scores: dict[str, float] | None = None) -> None:
+        """Record a finished rollout's reward (and its named scores, task.rewards)."""
         rollout = self.rollouts.get(rollout_id)
         if rollout is None or not rollout.finished:
             return  # purged meanwhile
         rollout.reward = reward
+        rollout.scores = dict(scores or {})
         group = self.groups[rollout.group]
         members = [self.rollouts[i] for i in group.rollouts]
         if all(r.finished and r.reward is not None for r in members) and group.id not in self.ready:
@@ -361,6 +363,7 @@ class Scheduler:
                             "logprobs": r.logprobs,
                             "versions": r.versions,
                             "reward": r.reward,
+                            "scores": r.scores,
                             "finishReason": r.finish_reason,
                         }
                         for r in members

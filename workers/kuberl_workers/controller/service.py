@@ -16,7 +16,7 @@ from kuberl_workers.controller.dataset import PromptSet
 from kuberl_workers.controller.evaluation import Evaluator
 from kuberl_workers.controller.metrics import ControllerMetrics
 from kuberl_workers.controller.reporting import Reporters
-from kuberl_workers.controller.rewards import REGISTRY, RewardFn, RewardPool
+from kuberl_workers.controller.rewards import RewardFn, RewardInput, RewardSet
 from kuberl_workers.controller.samples import SampleLog, pick
 from kuberl_workers.controller.scheduler import MAX_CHUNK_FAILURES, Batch, Scheduler, SchedulerConfig
 from kuberl_workers.controller.state import Rollout
@@ -52,9 +52,8 @@ class Controller:
         self.clock = clock
         self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.seed)
         self.prompts = PromptSet(cfg.task, self.tokenizer, cfg.seed)
-        self.reward_fn = reward or REGISTRY[cfg.task.reward]
-        self.rewards = RewardPool(cfg.limits.rewardProcesses, cfg.limits.rewardTimeoutSeconds)
         self.metrics = ControllerMetrics(cfg.job, cfg.namespace)
+        self.rewards = RewardSet(cfg.task.rewards, cfg.limits, rule=reward, observe=self.metrics.reward_scored)
         self.sched_cfg = SchedulerConfig(
             token_budget=cfg.c3po.tokenBudget,
             retention=cfg.c3po.retention,
@@ -259,13 +258,13 @@ class Controller:
 
     def _score(self, rollout: Rollout) -> None:
         group = self.scheduler.groups[rollout.group]
-        text = self.tokenizer.decode(rollout.output_ids)
+        item = self._reward_input(group.prompt_index, rollout.output_ids, group.answer, self.prompts)
 
         async def run() -> None:
-            reward, _ = await self.rewards.score(self.reward_fn, text, group.answer)
-            self.metrics.reward.observe(reward)
+            scored = await self.rewards.score(item)
+            self.metrics.reward.observe(scored.value)
             self.metrics.versions_spanned.observe(len(set(rollout.versions)) or 1)
-            self.scheduler.rewarded(rollout.id, reward)
+            self.scheduler.rewarded(rollout.id, scored.value, scored.parts)
 
         task = asyncio.get_running_loop().create_task(run())
         self._pending_rewards.add(task)
@@ -276,17 +275,22 @@ class Controller:
         item = None if evaluator is None else evaluator.complete(worker, result["leaseId"], result["version"])
         if item is None or evaluator is None:
             return False
-        text, answer = self.tokenizer.decode(result["tokenIds"]), evaluator.prompts[item.prompt][1]
+        answer, index = evaluator.prompts[item.prompt][1], evaluator.indices[item.prompt]
+        reward_input = self._reward_input(index, result["tokenIds"], answer, evaluator.prompt_set)
         item.tokens = len(result["tokenIds"])
 
         async def run() -> None:
-            reward, _ = await self.rewards.score(self.reward_fn, text, answer)
-            evaluator.scored(item, reward)
+            scored = await self.rewards.score(reward_input)
+            evaluator.scored(item, scored.value)
 
         task = asyncio.get_running_loop().create_task(run())
         self._pending_rewards.add(task)
         task.add_done_callback(self._pending_rewards.discard)
         return True
+
+    def _reward_input(self, index: int, output_ids: list[int], answer: str, prompts: PromptSet) -> RewardInput:
+        prompt, _ = prompts.example(index)
+        return RewardInput(prompt, self.tokenizer.decode(output_ids), answer, prompts.row(index))
 
     def _eval_done(self, summary: dict[str, Any]) -> None:
         self.last_eval = summary
@@ -459,4 +463,4 @@ class Controller:
         self.reporters.close()
         for task in list(self._pending_rewards):
             task.cancel()
-        self.rewards.close()
+        await self.rewards.close()

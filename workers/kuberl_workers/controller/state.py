@@ -35,6 +35,8 @@ class Rollout:
     """Chunks accepted so far; part of each lease id and of the engine's sampling seed."""
     finish_reason: str | None = None
     reward: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    """Each reward's score of task.rewards (and `name/part` sub-scores); `reward` is their weighted sum."""
     finished_in_step: int | None = None
     """The step whose token budget C this rollout's length was added to (when it finished)."""
     failures: int = 0

@@ -32,9 +32,19 @@ def rollout_stats(batch: Batch, purged: int, rollout_seconds: float) -> dict[str
         "policyVersionsSpannedMax": max((len(set(v)) for v in versions), default=0),
         "oldestPolicyVersion": min((min(v) for v in versions), default=batch.step),
         "rolloutsPurged": purged,
+        "scores": score_means(rollouts),
         "rolloutSeconds": rollout_seconds,
         "wallClosed": time.time(),
     }
+
+
+def score_means(rollouts: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of each named score (task.rewards) over the batch's rollouts."""
+    values: dict[str, list[float]] = {}
+    for rollout in rollouts:
+        for name, value in (rollout.get("scores") or {}).items():
+            values.setdefault(name, []).append(value)
+    return {name: statistics.fmean(v) for name, v in sorted(values.items())}
 
 
 def zero_advantage_groups(batch: Batch) -> int:

@@ -35,6 +35,8 @@ class StepWriter:
         for field, value in sorted(entry.items()):
             if field not in SKIPPED and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(tag(field), float(value), global_step=step)
+        for name, value in sorted((entry.get("scores") or {}).items()):  # task.rewards' named scores
+            self.writer.add_scalar(f"rewards/{name}", float(value), global_step=step)
         self.writer.flush()
 
     def write_eval(self, summary: dict[str, Any]) -> None:
