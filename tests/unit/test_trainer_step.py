@@ -121,7 +121,9 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path: Path) -> None:
     spawn(_rank, args=(2, port, str(directory), str(out)), nprocs=2, join=True)
     two = torch.load(out, weights_only=True)
     for key, value in single.state_dict().items():
-        assert torch.allclose(value, two[key], atol=2e-5, rtol=1e-4), (key, (value - two[key]).abs().max())
+        # gloo sums the two ranks' gradients in another order; AdamW divides by sqrt(v), which magnifies that
+        # rounding where gradients are tiny (3.4e-5 seen on a fresh clone), far below one step's update
+        assert torch.allclose(value, two[key], atol=1e-4, rtol=1e-4), (key, (value - two[key]).abs().max())
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -118,7 +118,7 @@ class RewardFunctionSpec(ApiModel):
     `python`, `http` or `code`.
     """
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    name: str = Field(max_length=63, pattern=r"^[a-z][a-z0-9_]{0,62}$")
     """Name of this score in metrics.jsonl, TensorBoard and Prometheus (`rewards/<name>`)."""
     weight: float = Field(1.0, ge=-1000, le=1000)
     """Multiplier of this score in the completion's reward."""

@@ -97,6 +97,7 @@ class Evaluator:
         self.log_path = directory / EVAL_LOG
         self.done: set[int] = {row["policyVersion"] for row in self.rows()}
         self.round: Round | None = None
+        self.leases_made = 0
 
     def rows(self) -> list[dict[str, Any]]:
         """Summaries written so far (a controller restart keeps them; a line cut short by a crash is skipped)."""
@@ -154,7 +155,8 @@ class Evaluator:
         while r.queue and len(chunks) < max_chunks:
             position = r.queue.popleft()
             item = r.items[position]
-            item.lease = f"e{r.version}-{position}-{item.failures}-{int(now * 1000) % 1_000_000}"
+            self.leases_made += 1  # a counter, not the clock: two leases in one millisecond must differ
+            item.lease = f"e{r.version}-{position}-{item.failures}-{self.leases_made}"
             item.worker, item.deadline = worker, now + self.lease_seconds
             prompt_ids, _ = self.prompts[item.prompt]
             chunks.append(
