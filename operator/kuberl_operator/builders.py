@@ -101,6 +101,7 @@ def _meta(job: RLJob, name: str, role: str | None = None, index: int | None = No
 def render_config(job: RLJob) -> WorkerConfig:
     """The worker config as pods see it: volumes mounted at fixed paths."""
     from kuberl_operator.render import worker_config
+    from kuberl_operator.reward_server import reward_server_urls
 
     return worker_config(
         job,
@@ -110,6 +111,7 @@ def render_config(job: RLJob) -> WorkerConfig:
         eval_root=DATA_ROOT if _eval_volume(job) is None else EVAL_DATA_ROOT,
         rewards_root=REWARDS_ROOT,
         shared_checkpoints=job.spec.checkpoint.volume is not None,
+        reward_servers=reward_server_urls(job),
     )
 
 

@@ -20,6 +20,7 @@ from kuberl_operator.children import adopt, announce_refusals, create_child, del
 from kuberl_operator.children import now as _now
 from kuberl_operator.kube import Kube, path
 from kuberl_operator.pods import disruption, phase, role_of, start_deadline, terminated
+from kuberl_operator.reward_server import build_reward_pod, build_reward_service
 from kuberl_operator.settings import Settings
 
 BACKOFF_ANNOTATION = "kuberl.io/recreate-after"
@@ -138,6 +139,8 @@ async def reconcile(
         "rollout": desired_rollouts(job, body),
         "rolloutMin": job.spec.rollout.minReplicas,
     }
+    if job.spec.rewardServer is not None:
+        desired["reward"] = job.spec.rewardServer.replicas
     report = await probe(job, namespace) if probe is not None else None
     complete = c.COMPLETE in terminal or bool(report and report.get("complete"))
     backoff = _annotation(body, BACKOFF_ANNOTATION)
@@ -185,6 +188,7 @@ async def reconcile(
         ]
         wanted_now = {("controller", 0), *(("trainer", i) for i in range(desired["trainer"]))}
         wanted_now |= {("rollout", i) for i in range(desired["rollout"])}
+        wanted_now |= {("reward", i) for i in range(desired.get("reward", 0))}
         faults += [(p, "was deleted") for p in gone if role_of(p) in wanted_now and p not in pods]
         for pod, what in faults:
             role, _ = role_of(pod)
@@ -268,6 +272,8 @@ async def reconcile(
                 present = {role_of(p) for p in pods}
             avoid = policy.avoided_nodes(nodes, ft.nodeFailureThreshold)
             cfg = builders.render_config(job)
+            # reward servers first: the controller's rewards go there
+            wanted = [("reward", i) for i in range(desired.get("reward", 0))] + wanted
             wanted += [("rollout", i) for i in range(desired["rollout"])]
             for role, index in wanted:
                 pod_id = builders.pod_name(name, role, index)
@@ -279,7 +285,12 @@ async def reconcile(
                     continue
                 backoff.pop(pod_id, None)
                 resting.discard(pod_id)
-                manifest = adopt(builders.build_pod(job, cfg, role, index, settings.worker_image, avoid), body)
+                built = (
+                    build_reward_pod(job, index, settings.worker_image, avoid)
+                    if role == "reward"
+                    else builders.build_pod(job, cfg, role, index, settings.worker_image, avoid)
+                )
+                manifest = adopt(built, body)
                 await create_child(kube, namespace, "pods", manifest, outcome)
             extra = [p for p in pods if role_of(p)[0] == "rollout" and role_of(p)[1] >= desired["rollout"]]
             await delete_pods(extra, "scaled-down")
@@ -388,7 +399,8 @@ async def _ensure_shared_children(
     if await kube.get(path(namespace, "secrets", secret_name)) is None:
         secret = adopt(builders.build_secret(job, secrets.token_urlsafe(32)), body)
         await create_child(kube, namespace, "secrets", secret, outcome)
-    for service in builders.build_services(job, cfg):
+    reward = build_reward_service(job)
+    for service in builders.build_services(job, cfg) + ([reward] if reward else []):
         if await kube.get(path(namespace, "services", service["metadata"]["name"])) is None:
             await create_child(kube, namespace, "services", adopt(service, body), outcome)
     if settings.network_policy:

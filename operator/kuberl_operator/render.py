@@ -29,11 +29,13 @@ def worker_config(
     shared_checkpoints: bool = True,
     eval_root: str = "",
     rewards_root: str = "",
+    reward_servers: tuple[str, ...] = (),
 ) -> WorkerConfig:
     """The WorkerConfig of `job`. Paths on volumes are resolved against the given mount roots (in a pod, where
     the operator mounts the claims; locally, empty). `shared_checkpoints` says whether every role sees
     `checkpoint_dir` (locally yes; in a cluster only with spec.checkpoint.volume). A python reward's ConfigMap or
-    volume is mounted at `<rewards_root>/<reward name>`.
+    volume is mounted at `<rewards_root>/<reward name>`; `reward_servers` are the base URLs of the replicas of
+    spec.rewardServer (`http://host:port`), where http rewards with serverPath go.
     """
     spec = job.spec
 
@@ -57,7 +59,7 @@ def worker_config(
             answerField=spec.task.dataset.answerField,
             promptFormat=spec.task.promptFormat,
             systemPrompt=spec.task.systemPrompt,
-            rewards=reward_configs(spec.task, rewards_root),
+            rewards=reward_configs(spec.task, rewards_root, reward_servers),
             promptsPerStep=spec.task.promptsPerStep,
             samplesPerPrompt=spec.task.samplesPerPrompt,
             maxPromptTokens=spec.task.maxPromptTokens,
@@ -124,7 +126,9 @@ def worker_config(
     )
 
 
-def reward_configs(task: TaskSpec, rewards_root: str = "") -> tuple[RewardConfig, ...]:
+def reward_configs(
+    task: TaskSpec, rewards_root: str = "", reward_servers: tuple[str, ...] = ()
+) -> tuple[RewardConfig, ...]:
     """task.reward (shorthand) or task.rewards as the workers' reward configs."""
     if task.reward is not None:
         return (RewardConfig(name=task.reward, kind="builtin", builtin=task.reward),)
@@ -152,6 +156,7 @@ def reward_configs(task: TaskSpec, rewards_root: str = "") -> tuple[RewardConfig
                     **common,
                     kind="http",
                     url=http.url,
+                    urls=tuple(f"{base}{http.serverPath}" for base in reward_servers) if http.serverPath else (),
                     authHeader=http.authHeader,
                     authEnv=reward_auth_env(reward.name) if http.authSecret else None,
                     batchSize=http.batchSize,
@@ -170,4 +175,11 @@ def local_problems(job: RLJob) -> list[str]:
     for i, reward in enumerate(job.spec.task.rewards or ()):
         if reward.python is not None and reward.python.configMap:
             out.append(f"spec.task.rewards[{i}].python.configMap: kuberl run reads no ConfigMaps; use python.path")
+    if job.spec.rewardServer is not None:
+        from kuberl_operator.launcher.children import reward_server_command
+
+        try:
+            reward_server_command(job.spec.rewardServer.template, 0)
+        except ValueError as error:
+            out.append(str(error))
     return out

@@ -8,7 +8,7 @@ from typing import Any
 from kuberl_operator.api import conditions as c
 from kuberl_operator.pods import start_problem
 
-ROLES = ("controller", "trainer", "rollout")
+ROLES = ("controller", "trainer", "rollout", "reward")  # reward: only for a job with spec.rewardServer
 
 
 @dataclass
@@ -79,10 +79,11 @@ def _step_wait(report: dict[str, Any]) -> tuple[str, str] | None:
 def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
     """The whole new status. Compare with the old one to decide whether to patch (never patch an equal one)."""
     pods = seen.pods
-    ready = {role: _count_ready(pods, role) for role in ROLES}
+    roles = [r for r in ROLES if r in seen.desired]
+    ready = {role: _count_ready(pods, role) for role in roles}
     report = seen.controller or {}
     old_conditions = old.get("conditions") or []
-    all_ready = all(ready[r] >= seen.desired[r] for r in ROLES) and seen.desired["trainer"] > 0
+    all_ready = all(ready[r] >= seen.desired[r] for r in roles) and seen.desired["trainer"] > 0
     terminal = seen.failed is not None or seen.complete
     if seen.failed:
         summary = seen.failed
@@ -102,7 +103,7 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
         summary = (
             c.PENDING,
             "waiting for pods: "
-            + ", ".join(f"{r} {ready[r]}/{seen.desired[r]}" for r in ROLES if ready[r] < seen.desired[r]),
+            + ", ".join(f"{r} {ready[r]}/{seen.desired[r]}" for r in roles if ready[r] < seen.desired[r]),
         )
     rollout_gap = ready["rollout"] != seen.desired["rollout"]
     below_min = not terminal and not seen.suspended and ready["rollout"] < seen.desired.get("rolloutMin", 0)
@@ -189,7 +190,7 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
                 "restarts": seen.restarts.get(r, 0),
                 "disruptions": seen.disruptions.get(r, 0),
             }
-            for r in ROLES
+            for r in roles
         ],
         "rollouts": f"{ready['rollout']}/{seen.desired['rollout']}",
         "trainers": f"{ready['trainer']}/{seen.desired['trainer']}",

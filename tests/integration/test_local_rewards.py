@@ -81,7 +81,7 @@ def test_reward_served_by_a_local_http_reward_server(tmp_path: Path) -> None:
     port, log = _free_port(), tmp_path / "requests.jsonl"
     server = subprocess.Popen(
         [sys.executable, "-m", "support.reward_server", str(port), str(log)],
-        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        env={**os.environ, "PYTHONPATH": str(TESTS), "REWARD_TOKEN": "test-token"},
     )
     try:
         deadline = time.monotonic() + 60
@@ -109,3 +109,33 @@ def test_reward_served_by_a_local_http_reward_server(tmp_path: Path) -> None:
     requests = [json.loads(line) for line in log.read_text().splitlines()]
     completions = sum(r["completions"] for r in rows)
     assert requests and sum(r["items"] for r in requests) >= completions  # every trained completion was scored there
+
+
+def test_the_jobs_own_reward_server_runs_as_local_processes(tmp_path: Path) -> None:
+    """spec.rewardServer under `kuberl run`: its replicas run as local processes from the template's command (with
+    `$(KUBERL_REWARD_PORT)` expanded), and an http reward with serverPath is sent to them in turn."""
+    log = tmp_path / "requests.jsonl"
+    job = _job("ownserver", [{"name": "judge", "http": {"serverPath": "/score"}}])
+    job["spec"]["rewardServer"] = {
+        "replicas": 2,
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "reward",
+                        "image": "registry.example/reward:1",
+                        "command": ["python", "-m", "support.reward_server"],
+                        "args": ["$(KUBERL_REWARD_PORT)", str(log)],
+                        "env": [{"name": "PYTHONPATH", "value": str(TESTS)}],
+                    }
+                ]
+            }
+        },
+    }
+    rows = _run(tmp_path, job)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(set(r["scores"]) == {"judge", "judge/has_number"} for r in rows)
+    logs = sorted((tmp_path / "run" / "logs").glob("ownserver-reward-*.log"))
+    assert [p.name for p in logs] == ["ownserver-reward-0.log", "ownserver-reward-1.log"]
+    requests = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(r["items"] for r in requests) >= sum(r["completions"] for r in rows)

@@ -10,7 +10,7 @@ What it stands in for, and how (named so that no one mistakes it for a real node
 - volumes: configMaps and secrets are written out, emptyDirs are per-pod folders, a persistentVolumeClaim is a
   folder per claim shared by all pods; mount paths in env values and in mounted configMap files are rewritten to
   those folders (no chroot);
-- probes: the readinessProbe's httpGet is polled every `period` seconds instead of its periodSeconds;
+- probes: the readinessProbe's httpGet (or tcpSocket) is polled every `period` seconds instead of its periodSeconds;
 - nodes (with `register_nodes`, on a real API server): a Node object per name, Ready, with its Lease in
   kube-node-lease renewed every 10 s, so that the controller-manager neither force-deletes the pods bound to it
   (PodGC) nor taints it unreachable; deleted from the API at stop;
@@ -44,6 +44,7 @@ import aiohttp
 from kuberl_operator.kube import ApiError, Kube, path
 from support.nodes import LEASE_RENEW_SECONDS, delete_nodes, heartbeat
 
+VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 SVC_HOST = re.compile(r"(?:([a-z0-9-]+)\.)?([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?")
 MANAGED = "app.kubernetes.io/managed-by=kuberl-operator"
 
@@ -194,7 +195,9 @@ class TestKubelet:
         for item in main.get("env") or []:
             value = await self._env_value(kube, pod, ip, item)
             env[item["name"]] = await self._resolve(kube, _rewrite(value, mounts))
-        command = [sys.executable if part == "python" else part for part in main["command"] + main.get("args", [])]
+        # the kubelet expands `$(VAR)` in command and args from the container's env (unknown ones stay as they are)
+        words = [VARIABLE.sub(lambda m: env.get(m[1], m[0]), w) for w in main["command"] + main.get("args", [])]
+        command = [sys.executable if part == "python" else part for part in words]
         log = pod_dir / "container.log"
         process = subprocess.Popen(
             command, env=env, cwd=pod_dir, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
@@ -258,8 +261,12 @@ class TestKubelet:
                 },
             )
             return
-        probe = (pod["spec"]["containers"][0].get("readinessProbe") or {}).get("httpGet")
-        ready = True if probe is None else await self._probe(container.ip, pod, probe)
+        readiness = pod["spec"]["containers"][0].get("readinessProbe") or {}
+        probe = readiness.get("httpGet")
+        if "tcpSocket" in readiness:  # a reward server's default probe: the port accepts connections
+            ready = await self._tcp_probe(container.ip, readiness["tcpSocket"]["port"])
+        else:
+            ready = True if probe is None else await self._probe(container.ip, pod, probe)
         if ready != container.ready:
             container.ready = ready
             statuses = (pod.get("status") or {}).get("containerStatuses") or []
@@ -268,6 +275,14 @@ class TestKubelet:
                 name,
                 {"conditions": _conditions(ready), "containerStatuses": [{**s, "ready": ready} for s in statuses]},
             )
+
+    async def _tcp_probe(self, ip: str, port: int) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
 
     async def _probe(self, ip: str, pod: dict[str, Any], probe: dict[str, Any]) -> bool:
         port = probe["port"]
@@ -305,9 +320,9 @@ class TestKubelet:
                     (folder / item).write_bytes(base64.b64decode(value) if decode else value.encode())
         mounts = {m["mountPath"]: str(folders[m["name"]]) for m in main.get("volumeMounts") or []}
         for volume in spec.get("volumes") or []:
-            if "configMap" in volume:
+            if "configMap" in volume:  # cluster DNS answers names wherever they are written, files included
                 for file in folders[volume["name"]].iterdir():
-                    file.write_text(_rewrite(file.read_text(), mounts))
+                    file.write_text(await self._resolve(kube, _rewrite(file.read_text(), mounts)))
         return mounts
 
     async def _env_value(self, kube: Kube, pod: dict[str, Any], ip: str, item: dict[str, Any]) -> str:

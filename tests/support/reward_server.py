@@ -1,9 +1,11 @@
-"""A reward service as a separate process, speaking docs/protocol.md: `python -m support.reward_server PORT LOG`
-scores each item 1 when the completion's last number equals the answer, and appends one line per request to LOG."""
+"""A reward service as a separate process, speaking docs/protocol.md: `python -m support.reward_server PORT LOG
+[HOST]` scores each item 1 when the completion's last number equals the answer, and appends one line per request
+to LOG. With REWARD_TOKEN in its environment, requests must carry `Authorization: Bearer <it>`."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -12,9 +14,11 @@ from aiohttp import web
 
 def main() -> None:
     port, log = int(sys.argv[1]), sys.argv[2]
+    host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+    token = os.environ.get("REWARD_TOKEN")
 
     async def score(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != "Bearer test-token":
+        if token and request.headers.get("Authorization") != f"Bearer {token}":
             return web.Response(status=401, text="no token")
         items = (await request.json())["items"]
         rewards = []
@@ -29,7 +33,7 @@ def main() -> None:
 
     app = web.Application()
     app.router.add_post("/score", score)
-    web.run_app(app, host="127.0.0.1", port=port, print=None)
+    web.run_app(app, host=host, port=port, print=None)
 
 
 if __name__ == "__main__":

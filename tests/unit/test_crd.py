@@ -49,7 +49,12 @@ def test_schema_is_structural() -> None:
         if node.get("x-kubernetes-list-type") == "map":
             keys = node["x-kubernetes-list-map-keys"]
             assert set(keys) <= set(node["items"].get("required", [])), f"{path}: map keys must be required"
-    assert preserved == [".spec.trainer.template", ".spec.rollout.template", ".spec.controller.template"]
+    assert preserved == [
+        ".spec.trainer.template",
+        ".spec.rollout.template",
+        ".spec.controller.template",
+        ".spec.rewardServer.template",
+    ]
 
 
 def test_crd_manifest_valid_for_kubernetes() -> None:

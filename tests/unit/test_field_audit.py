@@ -22,6 +22,7 @@ from kuberl_operator import builders
 from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.api.spec import RLJobSpec
 from kuberl_operator.api.validate import validate_document
+from kuberl_operator.reward_server import build_reward_pod, build_reward_service
 from kuberl_workers.config import WorkerConfig
 from support.specs import DELETE, minimal_job, set_path
 
@@ -59,6 +60,10 @@ SAMPLES: dict[str, Any] = {
     "reporting.wandb.project": "other",
     "reporting.wandb.entity": "team",
     "task.reward": "math",
+    # the reward server's fields are audited with a job that uses one in tests/unit/test_reward_api.py
+    "rewardServer.replicas": 2,
+    "rewardServer.port": 9000,
+    "rewardServer.template": {"spec": {"containers": [{"command": ["serve"]}]}},
     # every field of one reward is audited in tests/unit/test_reward_api.py
     "task.rewards": [{"name": "correct", "builtin": "numeric"}, {"name": "style", "builtin": "format", "weight": 0.1}],
 }
@@ -126,6 +131,8 @@ def observed(doc: dict[str, Any]) -> str:
     job = RLJob.model_validate(doc)
     cfg = builders.render_config(job)
     pods = [builders.build_pod(job, cfg, role, 0) for role in ("controller", "trainer", "rollout")]
+    if job.spec.rewardServer is not None:  # the operator runs it as the job's reward role
+        pods += [build_reward_pod(job, 0), build_reward_service(job) or {}]
     return json.dumps([cfg.model_dump(mode="json"), pods, builders.build_services(job, cfg)], sort_keys=True)
 
 

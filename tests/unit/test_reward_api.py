@@ -40,6 +40,7 @@ CHANGES: dict[str, tuple[int, Any]] = {
     "http.batchSize": (2, 4),
     "http.timeoutSeconds": (2, 5.0),
     "http.retries": (2, 0),
+    "http.serverPath": (2, "/score"),  # with url: refused (one or the other)
     "code.testsField": (3, "tests"),
     "code.entryPointField": (3, "fn"),
     "code.timeoutSeconds": (3, 3.0),
@@ -72,7 +73,8 @@ def test_each_reward_field_changes_the_controller_or_is_refused(path: str) -> No
     doc = with_reward(index, path, value)
     problems = validate_document(doc)
     if problems:
-        assert all(str(p).startswith(f"spec.task.rewards[{index}]") for p in problems), problems
+        named = (f"spec.task.rewards[{index}]", "spec.rewardServer")  # serverPath also needs a reward server
+        assert all(str(p).startswith(named) for p in problems), problems
         return
     assert observed(doc) != observed(BASE), f"task.rewards[].{path}: accepted, but nothing the controller gets changes"
 
@@ -151,3 +153,80 @@ def test_kuberl_run_refuses_a_configmap_reward(tmp_path: Path, capsys: pytest.Ca
     job.write_text(json.dumps(BASE))
     assert main(["run", str(job), "--run-dir", str(tmp_path / "run")]) == 1
     assert "spec.task.rewards[1].python.configMap: kuberl run reads no ConfigMaps" in capsys.readouterr().err
+
+
+SERVER = {
+    "replicas": 2,
+    "port": 9000,
+    "template": {
+        "spec": {
+            "containers": [
+                {
+                    "name": "reward",
+                    "image": "registry.example/rm:1",
+                    "command": ["serve"],
+                    "args": ["$(KUBERL_REWARD_PORT)"],
+                }
+            ]
+        }
+    },
+}
+
+
+def _with_server(**server: Any) -> dict[str, Any]:
+    doc = set_path(BASE, "spec.task.rewards", [{"name": "judge", "http": {"serverPath": "/score"}}])
+    return set_path(doc, "spec.rewardServer", {**SERVER, **server})
+
+
+def test_a_reward_server_is_built_and_the_http_reward_goes_to_its_replicas() -> None:
+    from kuberl_operator.reward_server import build_reward_pod, build_reward_service
+
+    job = RLJob.model_validate(_with_server())
+    cfg = builders.render_config(job)
+    name = job.metadata.name
+    assert cfg.task.rewards[0].urls == tuple(
+        f"http://{name}-reward-{i}.{name}-reward.default.svc:9000/score" for i in range(2)
+    )
+    pod = build_reward_pod(job, 1)
+    main = pod["spec"]["containers"][0]
+    assert main["command"] == ["serve"] and main["args"] == ["$(KUBERL_REWARD_PORT)"]  # the user's own
+    assert {"name": "KUBERL_REWARD_PORT", "value": "9000"} in main["env"]
+    assert pod["spec"]["subdomain"].endswith("-reward") and pod["spec"]["hostname"].endswith("-reward-1")
+    assert pod["metadata"]["labels"]["kuberl.io/role"] == "reward" and pod["spec"]["restartPolicy"] == "Never"
+    service = build_reward_service(job)
+    assert service is not None and service["spec"]["clusterIP"] == "None"
+    # every field of the server changes what runs
+    for field, value in (("replicas", 3), ("port", 9001), ("template", {"spec": {"containers": [{"command": ["x"]}]}})):
+        other = RLJob.model_validate(_with_server(**{field: value}))
+        before = (builders.render_config(job).model_dump(), build_reward_pod(job, 0))
+        after = (builders.render_config(other).model_dump(), build_reward_pod(other, 0))
+        assert before != after, field
+
+
+def test_reward_server_specs_refused_naming_the_field() -> None:
+    no_server = set_path(BASE, "spec.task.rewards", [{"name": "judge", "http": {"serverPath": "/score"}}])
+    assert [str(p) for p in validate_document(no_server)] == [
+        "spec.rewardServer: needed: an http reward in task.rewards has serverPath (a path on the job's reward server)"
+    ]
+    both = set_path(BASE, "spec.task.rewards", [{"name": "j", "http": {"url": "http://x", "serverPath": "/s"}}])
+    assert "spec.task.rewards[0].http: exactly one of url or serverPath must be set" in [
+        str(p) for p in validate_document(both)
+    ]
+    root = _with_server(
+        template={"spec": {"containers": [{"command": ["serve"], "securityContext": {"runAsUser": 0}}]}}
+    )
+    assert [p.path for p in validate_document(root)] == [
+        "spec.rewardServer.template.spec.containers[0].securityContext.runAsUser"
+    ]
+    assert [p.path for p in validate_document(_with_server(replicas=0))] == ["spec.rewardServer.replicas"]
+
+
+def test_kuberl_run_needs_the_reward_servers_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kuberl_operator.cli import main
+
+    job = tmp_path / "job.yaml"
+    doc = _with_server(template={"spec": {"containers": [{"image": "registry.example/rm:1"}]}})
+    doc = set_path(doc, "spec.task.rewards", [{"name": "judge", "http": {"serverPath": "/score"}}])
+    job.write_text(json.dumps(doc))
+    assert main(["run", str(job), "--run-dir", str(tmp_path / "run")]) == 1
+    assert "spec.rewardServer.template: kuberl run needs the main container's command" in capsys.readouterr().err

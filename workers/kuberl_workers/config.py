@@ -72,6 +72,10 @@ class ModelConfig(_Contract):
     dtype: str = "auto"
 
 
+ENV_REWARD_PORT: Final = "KUBERL_REWARD_PORT"
+"""The port a reward server (spec.rewardServer) listens on; `$(KUBERL_REWARD_PORT)` in its command or args."""
+
+
 def reward_auth_env(name: str) -> str:
     """The controller's environment variable holding http reward `name`'s auth header value (from its Secret in
     a pod; set by hand for `kuberl run`).
@@ -89,6 +93,7 @@ class RewardConfig(_Contract):
     function: str | None = None  # python: module:function
     path: str | None = None  # python: a directory or .py file put on the import path
     url: str | None = None  # http
+    urls: tuple[str, ...] = ()  # http on the job's reward server: one URL per replica, used in turn
     authHeader: str = "Authorization"  # http: the header the auth value goes in
     authEnv: str | None = None  # http: environment variable holding the auth value
     batchSize: int = Field(16, ge=1)  # http

@@ -7,8 +7,9 @@ A template must also be a valid PodTemplateSpec (api/podschema.py), checked here
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 from kuberl_operator.api.podschema import schema_problems
@@ -23,16 +24,17 @@ OWNED_COMMAND = "is owned by kuberl (it runs `python -m kuberl_workers.<role>`)"
 Problems = list[tuple[str, str]]
 
 
-def template_problems(template: dict[str, Any]) -> Problems:
+def template_problems(template: dict[str, Any], own_command: bool = True) -> Problems:
     """Every refused setting in a pod template, as (path inside the template, message): kuberl's policy, then
-    whatever makes it an invalid Kubernetes PodTemplateSpec (api/podschema.py).
+    whatever makes it an invalid Kubernetes PodTemplateSpec (api/podschema.py). `own_command`: kuberl runs the main
+    container's command (worker roles); a reward server's template brings its own.
     """
-    out = _policy_problems(template)
+    out = _policy_problems(template, own_command)
     seen = {where for where, _ in out}
     return out + [(where, message) for where, message in schema_problems(template) if where not in seen]
 
 
-def _policy_problems(template: dict[str, Any]) -> Problems:
+def _policy_problems(template: dict[str, Any], own_command: bool = True) -> Problems:
     out: Problems = []
     metadata, spec = template.get("metadata"), template.get("spec")
     for key, value in (("metadata", metadata), ("spec", spec)):
@@ -60,7 +62,8 @@ def _policy_problems(template: dict[str, Any]) -> Problems:
                 continue
             where = f"spec.{group}[{i}]"
             out += _security_problems(f"{where}.securityContext", container.get("securityContext"))
-            if (group == "containers" and i == 0) or container.get("name") in ("controller", "trainer", "rollout"):
+            worker = (group == "containers" and i == 0) or container.get("name") in ("controller", "trainer", "rollout")
+            if own_command and worker:
                 for owned in ("command", "args"):
                     if owned in container:
                         out.append(
@@ -99,10 +102,25 @@ def _security_problems(where: str, context: Any, pod_level: bool = False) -> Pro
     return out
 
 
-def check_template(template: dict[str, Any]) -> dict[str, Any]:
+def check_template(template: dict[str, Any], own_command: bool = True) -> dict[str, Any]:
     """The pydantic after-validator of every role's `template`."""
-    problems = template_problems(template)
+    problems = template_problems(template, own_command)
     if problems:
         summary = "; ".join(f"{path}: {message}" for path, message in problems)
         raise PydanticCustomError(POD_TEMPLATE_ERROR, "{summary}", {"summary": summary, "problems": problems})
     return template
+
+
+PodTemplate = Annotated[
+    dict[str, Any],
+    Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+    AfterValidator(check_template),
+]
+"""A role's pod template in the API: free-form in the CRD, checked by check_template."""
+
+ServerPodTemplate = Annotated[
+    dict[str, Any],
+    Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+    AfterValidator(lambda template: check_template(template, own_command=False)),
+]
+"""A reward server's pod template: as PodTemplate, but its main container's command and args are the user's."""

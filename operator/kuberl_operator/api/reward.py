@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from kuberl_operator.api.podpolicy import ServerPodTemplate
 from kuberl_operator.api.rules import ApiModel, Rule, needs, stays_inside
 from kuberl_workers.catalog import BUILTIN_REWARDS
 
@@ -73,13 +74,26 @@ class SecretKeySelector(ApiModel):
     """Key within the Secret."""
 
 
+def _url_or_server() -> Rule:
+    message = "exactly one of url or serverPath must be set"
+    return Rule(
+        cel="has(self.url) != has(self.serverPath)",
+        message=message,
+        field="",
+        check=lambda m: None if (m.url is None) != (m.serverPath is None) else message,
+    )
+
+
 class HttpRewardSpec(ApiModel):
     """A remote reward service (a reward model, an LLM judge, a verifier): the controller POSTs batches of
     completions as JSON and reads one reward per item; the protocol is in docs/protocol.md.
     """
 
-    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    url: str | None = Field(None, pattern=r"^https?://[^\s]+$", max_length=2048)
     """Endpoint the batches are POSTed to, e.g. `http://reward-model.team.svc:8000/score`."""
+    serverPath: str | None = Field(None, pattern=r"^/[^\s]*$", max_length=1024)
+    """Instead of `url`: a path on the job's own reward server (spec.rewardServer), e.g. `/score`; batches go to
+    its replicas in turn, and a retry goes to the next replica."""
     authSecret: SecretKeySelector | None = None
     """Secret key whose value is sent as the `authHeader` header (e.g. `Bearer ...`). For `kuberl run`, the
     value comes from the environment variable `KUBERL_REWARD_AUTH_<NAME>` (the reward's name, upper case)."""
@@ -92,6 +106,8 @@ class HttpRewardSpec(ApiModel):
     retries: int = Field(2, ge=0, le=10)
     """Further attempts after a timeout, a connection error or a 5xx/429 answer, with exponential backoff from
     0.5 s; a 4xx answer is not retried. Items still unscored then score 0, counted by reason."""
+
+    rules = (_url_or_server(),)
 
 
 class CodeRewardSpec(ApiModel):
@@ -134,6 +150,23 @@ class RewardFunctionSpec(ApiModel):
     """Sandboxed execution of the completion's code against the row's tests."""
 
     rules = (_one_source(),)
+
+
+class RewardServerSpec(ApiModel):
+    """A reward service the operator runs for the job (a reward model, a verifier, an LLM judge): `replicas` pods
+    from `template`, each reachable at `<job>-reward-<i>.<job>-reward.<namespace>.svc:<port>` (a headless Service),
+    recreated when they fail or are deleted, as rollout pods are, and inside the job's NetworkPolicy (only the job's
+    own pods reach them). `http` rewards with `serverPath` are sent there. The main container (named `reward`, else
+    the first) gets `KUBERL_REWARD_PORT`: write `$(KUBERL_REWARD_PORT)` in its args. `kuberl run` runs its command
+    and args as local processes, one per replica, with that variable set.
+    """
+
+    replicas: int = Field(1, ge=1, le=64)
+    """Reward server pods."""
+    port: int = Field(8000, ge=1024, le=65535)
+    """Port the server listens on (`$(KUBERL_REWARD_PORT)`)."""
+    template: ServerPodTemplate
+    """Pod template of the reward server: its image, command and resources (GPUs for a reward model)."""
 
 
 assert set(BUILTIN_REWARDS) == {"exact_match", "numeric", "format", "math"}, "builtin's enum and the catalog agree"

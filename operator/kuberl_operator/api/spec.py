@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
-from kuberl_operator.api.podpolicy import check_template
-from kuberl_operator.api.reward import RewardFunctionSpec
+from kuberl_operator.api.podpolicy import PodTemplate
+from kuberl_operator.api.reward import RewardFunctionSpec, RewardServerSpec
 from kuberl_operator.api.rules import ApiModel, Rule, ordered
 from kuberl_operator.api.rules import needs as _needs
 from kuberl_operator.api.rules import stays_inside as _stays_inside
@@ -15,11 +15,6 @@ from kuberl_workers.catalog import BUILTIN_CONTEXT
 
 ClaimName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
 Path = Annotated[str, Field(min_length=1, max_length=4096)]
-PodTemplate = Annotated[
-    dict[str, Any],
-    Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
-    AfterValidator(check_template),
-]
 
 
 def _exactly_one(a: str, b: str, where: str) -> Rule:
@@ -92,6 +87,12 @@ class DatasetSpec(ApiModel):
         _known_suffix(),
         _stays_inside("path"),  # last: where both fail, a path that leaves its volume is what to report
     )
+
+
+def _serves(reward: Any) -> bool:
+    """An http reward sent to the job's own reward server (from a model or a raw mapping)."""
+    http = reward.get("http") if isinstance(reward, dict) else reward.http
+    return bool(http and (http.get("serverPath") if isinstance(http, dict) else http.serverPath))
 
 
 def _reward_name(reward: Any) -> Any:
@@ -398,6 +399,9 @@ CONTEXT_MESSAGE = (
 )
 
 
+SERVER_MESSAGE = "needed: an http reward in task.rewards has serverPath (a path on the job's reward server)"
+
+
 class RLJobSpec(ApiModel):
     """Desired state of an RL post-training job."""
 
@@ -423,6 +427,8 @@ class RLJobSpec(ApiModel):
     """Training statistics for TensorBoard."""
     eval: EvalSpec | None = None
     """Held-out evaluation during training; none when unset."""
+    rewardServer: RewardServerSpec | None = None
+    """A reward service the operator runs for this job, for `http` rewards with `serverPath`; none when unset."""
     image: str | None = Field(None, min_length=1, max_length=1024)
     """Worker image for all roles; unset uses the operator's configured worker image. A role's template can
     still override its container image."""
@@ -461,6 +467,15 @@ class RLJobSpec(ApiModel):
                 if m.model.builtin in BUILTIN_CONTEXT
                 and m.task.maxPromptTokens + m.task.maxNewTokens > BUILTIN_CONTEXT[m.model.builtin]
                 else None
+            ),
+        ),
+        Rule(
+            cel="!has(self.task.rewards) || has(self.rewardServer) || "
+            "!self.task.rewards.exists(r, has(r.http) && has(r.http.serverPath))",
+            message=SERVER_MESSAGE,
+            field="rewardServer",
+            check=lambda m: (
+                SERVER_MESSAGE if m.rewardServer is None and any(_serves(r) for r in m.task.rewards or ()) else None
             ),
         ),
         ordered("c3po.chunkTokens", "<=", "task.maxNewTokens"),

@@ -34,8 +34,8 @@ class Condition(ApiModel):
 class RoleStatus(ApiModel):
     """Pods of one role."""
 
-    name: Literal["controller", "trainer", "rollout"]
-    """Role name."""
+    name: Literal["controller", "trainer", "rollout", "reward"]
+    """Role name (`reward`: the job's reward server, spec.rewardServer)."""
     desired: int = Field(0, ge=0)
     """Pods wanted now (for rollouts: the scaling decision)."""
     ready: int = Field(0, ge=0)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from kuberl_workers.config import ENV_INDEX, ENV_POD_IP, ENV_ROLE, ENV_WORKER_ID
+from kuberl_workers.config import ENV_INDEX, ENV_POD_IP, ENV_REWARD_PORT, ENV_ROLE, ENV_WORKER_ID
 
 # Each role listens on its own loopback address, as pods have their own IPs: ports never collide.
 CONTROLLER_HOST = "127.0.0.2"
@@ -37,6 +39,8 @@ class Child:
     draining: bool = False
     restart_at: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None
+    """What to run instead of the role's entry point (a reward server's own command)."""
 
     @property
     def running(self) -> bool:
@@ -56,7 +60,7 @@ def spawn(child: Child, base_env: dict[str, str], log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{child.name}.log").open("ab") as log:
         child.proc = subprocess.Popen(
-            [sys.executable, "-m", f"kuberl_workers.{child.role}"],
+            child.command or [sys.executable, "-m", f"kuberl_workers.{child.role}"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -65,6 +69,25 @@ def spawn(child: Child, base_env: dict[str, str], log_dir: Path) -> None:
         )
     child.started = time.monotonic()
     child.restart_at = None
+
+
+_VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")  # Kubernetes' `$(VAR)` in command and args
+
+
+def reward_server_command(template: dict[str, Any], port: int) -> tuple[list[str], dict[str, str]]:
+    """The main container of a reward server template as a local process: (command, environment). The command is
+    its command and args with `$(VAR)` expanded from its literal env values and `KUBERL_REWARD_PORT` (as the
+    kubelet expands them) and `python` this interpreter; the environment is those values. ValueError when the
+    template has no command (a pod could run the image's entrypoint; a process cannot).
+    """
+    containers = (template.get("spec") or {}).get("containers") or [{}]
+    main = next((c for c in containers if c.get("name") == "reward"), containers[0])
+    if not main.get("command"):
+        raise ValueError("spec.rewardServer.template: kuberl run needs the main container's command")
+    values = {e["name"]: str(e["value"]) for e in main.get("env") or [] if "value" in e}
+    values[ENV_REWARD_PORT] = str(port)
+    words = [_VARIABLE.sub(lambda m: values.get(m[1], m[0]), str(w)) for w in [*main["command"], *main.get("args", [])]]
+    return [sys.executable if w == "python" else w for w in words], values
 
 
 def signal_group(child: Child, sig: signal.Signals) -> None:

@@ -23,6 +23,7 @@ from kuberl_operator.api.rljob import RLJob
 from kuberl_operator.launcher.children import (
     CONTROLLER_HOST,
     Child,
+    reward_server_command,
     rollout_host,
     signal_group,
     spawn,
@@ -121,7 +122,10 @@ class LocalRun:
             token_file.write_text(secrets.token_urlsafe(32))
         self.token = token_file.read_text().strip()
         ports = Ports(controller=_free_port(), rollout=_free_port(), trainer=_free_port(), rendezvous=_free_port())
-        self.cfg = worker_config(self.job, str(ckpt), shared_checkpoints=True).model_copy(
+        server = self.job.spec.rewardServer
+        self.reward_ports = [_free_port() for _ in range(server.replicas if server else 0)]
+        servers = tuple(f"http://127.0.0.1:{port}" for port in self.reward_ports)
+        self.cfg = worker_config(self.job, str(ckpt), shared_checkpoints=True, reward_servers=servers).model_copy(
             update={"ports": ports, "limits": Limits(rolloutBatch=64)}
         )
         (self.run_dir / "config.json").write_text(self.cfg.model_dump_json(indent=2))
@@ -162,6 +166,18 @@ class LocalRun:
 
     def _role(self, role: str) -> list[Child]:
         return [c for c in self.children if c.role == role]
+
+    def _reward_servers(self) -> list[Child]:
+        """spec.rewardServer's replicas as local processes (recreated on failure like rollout workers)."""
+        server = self.job.spec.rewardServer
+        if server is None:
+            return []
+        children = []
+        for i, port in enumerate(self.reward_ports):
+            command, env = reward_server_command(server.template, port)
+            name = f"{self.job.metadata.name}-reward-{i}"
+            children.append(Child("reward", i, name, "127.0.0.1", extra_env=env, command=command))
+        return children
 
     def _add_rollout(self) -> Child:
         index = max((c.index for c in self._role("rollout")), default=-1) + 1
@@ -217,7 +233,8 @@ class LocalRun:
         self.display.message(f"{decision.reason}: {decision.message} (exit code {code})")
         at = now + decision.delay
         if decision.action == "restart_pod":
-            self._api("POST", "/v1/workers/lost", {"worker": child.name})
+            if child.role == "rollout":  # its leases go back now; a reward server holds none
+                self._api("POST", "/v1/workers/lost", {"worker": child.name})
             child.restart_at = at
         else:
             # a trainer rank or the controller: the gang restarts from the last checkpoint (with the controller,
@@ -336,7 +353,8 @@ class LocalRun:
             )
             return 1
         name = self.job.metadata.name
-        self.children = [Child("controller", 0, f"{name}-controller-0", CONTROLLER_HOST)]
+        self.children = self._reward_servers()
+        self.children += [Child("controller", 0, f"{name}-controller-0", CONTROLLER_HOST)]
         self.children += [
             Child("trainer", r, f"{name}-trainer-{r}", trainer_host(r)) for r in range(self.job.spec.trainer.replicas)
         ]

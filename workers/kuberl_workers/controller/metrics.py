@@ -47,15 +47,17 @@ class ControllerMetrics:
             self.step_seconds.labels(**self.labels, phase=phase)
         self.reward_seconds = Histogram(
             "kuberl_reward_seconds",
-            "Time to score one completion, by reward of task.rewards (an http reward: its service's latency)",
-            (*LABELS, "reward"),
+            "Time to score one completion, by reward of task.rewards (an http reward: its service's latency) and "
+            "outcome (ok, failed)",
+            (*LABELS, "reward", "outcome"),
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
 
     def reward_scored(self, reward: str, seconds: float, failure: str | None) -> None:
         """One reward of one completion scored (RewardSet's observer); failures are counted by the set."""
-        self.reward_seconds.labels(**self.labels, reward=reward).observe(seconds)
+        outcome = "failed" if failure else "ok"
+        self.reward_seconds.labels(**self.labels, reward=reward, outcome=outcome).observe(seconds)
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         self.step_seconds.labels(**self.labels, phase=phase).observe(seconds)

@@ -34,6 +34,8 @@ class HttpScorer(Scorer):
         self._session: Any = None
         self.requests = 0
         self._inflight: set[asyncio.Task[None]] = set()
+        self._urls = self.cfg.urls or ((self.cfg.url,) if self.cfg.url else ())
+        self._turn = 0  # next replica of a reward server (client-side balancing; a retry moves on)
 
     async def score(self, item: RewardInput) -> Scored:
         if self._queue is None:
@@ -97,8 +99,10 @@ class HttpScorer(Scorer):
             self._session = aiohttp.ClientSession(headers=headers)
         self.requests += 1
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeoutSeconds or 30.0)
+        url = self._urls[self._turn % len(self._urls)]
+        self._turn += 1
         try:
-            async with self._session.post(self.cfg.url, json=payload, timeout=timeout) as response:
+            async with self._session.post(url, json=payload, timeout=timeout) as response:
                 if response.status >= 500 or response.status == 429:
                     raise RequestFailed(f"http_{response.status}", f"HTTP {response.status}", retry=True)
                 if response.status >= 400:
