@@ -135,6 +135,11 @@ def _template(args: argparse.Namespace) -> int:
         roles = [("controller", 1), ("trainer", job.spec.trainer.replicas), ("rollout", job.spec.rollout.minReplicas)]
         image = args.worker_image or builders.DEFAULT_WORKER_IMAGE
         manifests += [builders.build_pod(job, cfg, role, i, image) for role, n in roles for i in range(n)]
+        if job.spec.rewardServer is not None:
+            from kuberl_operator.reward_server import build_reward_pod, build_reward_service
+
+            manifests.append(build_reward_service(job) or {})
+            manifests += [build_reward_pod(job, i, image) for i in range(job.spec.rewardServer.replicas)]
         sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
     return 0
 

@@ -230,3 +230,26 @@ def test_kuberl_run_needs_the_reward_servers_command(tmp_path: Path, capsys: pyt
     job.write_text(json.dumps(doc))
     assert main(["run", str(job), "--run-dir", str(tmp_path / "run")]) == 1
     assert "spec.rewardServer.template: kuberl run needs the main container's command" in capsys.readouterr().err
+
+
+def test_kuberl_template_of_the_gpu_reward_model_example_is_valid_kubernetes() -> None:
+    """examples/reward-model-gpu.yaml: the reward server pods and Service kuberl would create, each a valid
+    Kubernetes object (kubernetes-validate, strict)."""
+    import subprocess
+    import sys
+
+    import kubernetes_validate
+    import yaml
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "reward-model-gpu.yaml"
+    out = subprocess.run(
+        [sys.executable, "-m", "kuberl_operator.cli", "template", str(example)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    rewards = [d for d in docs if d["metadata"]["name"].startswith("chat-rm-reward")]
+    assert sorted(d["metadata"]["name"] for d in rewards) == ["chat-rm-reward", "chat-rm-reward-0", "chat-rm-reward-1"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.33", strict=True)
+    pod = next(d for d in rewards if d["kind"] == "Pod")
+    assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "kuberl_workers.rewardmodel"]

@@ -28,7 +28,7 @@ def _report(cfg: WorkerConfig) -> None:
     for entry in STEPS:
         reporters.write(entry)
     reporters.write_eval(EVAL)
-    reporters.close()
+    reporters.close(timeout=120)  # a loaded machine starts the wandb service slowly; 30 s was seen to be too short
 
 
 def test_mlflow_run_gets_every_step_and_eval_and_a_restart_continues_it(tmp_path: Path) -> None:

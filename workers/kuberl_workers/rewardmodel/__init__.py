@@ -1,0 +1,1 @@
+"""A reward model served in the reward protocol (docs/protocol.md#reward-services) by vLLM's pooling runner."""
