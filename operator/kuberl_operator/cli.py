@@ -100,11 +100,12 @@ def _run(args: argparse.Namespace) -> int:
     if job.spec.suspend:  # the operator deletes a suspended job's pods; locally there is nothing to run either
         print(f"{names[0]}: spec.suspend is true: nothing to run (--set spec.suspend=false runs it)", file=sys.stderr)
         return 1
-    from kuberl_operator.render import local_problems
+    from kuberl_operator.launcher.children import local_problems
 
-    for problem in local_problems(job):
+    refused = local_problems(job)
+    for problem in refused:
         print(f"{names[0]}: {problem}", file=sys.stderr)
-    if local_problems(job):
+    if refused:
         return 1
     if args.dry_run:
         from kuberl_operator.render import worker_config

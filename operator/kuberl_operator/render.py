@@ -167,19 +167,3 @@ def reward_configs(
         elif reward.code is not None:  # the sandbox's limits keep their API names in the contract
             out.append(RewardConfig(**common, kind="code", **reward.code.model_dump()))
     return tuple(out)
-
-
-def local_problems(job: RLJob) -> list[str]:
-    """Fields `kuberl run` cannot honour on one machine (it refuses the job naming them)."""
-    out = []
-    for i, reward in enumerate(job.spec.task.rewards or ()):
-        if reward.python is not None and reward.python.configMap:
-            out.append(f"spec.task.rewards[{i}].python.configMap: kuberl run reads no ConfigMaps; use python.path")
-    if job.spec.rewardServer is not None:
-        from kuberl_operator.launcher.children import reward_server_command
-
-        try:
-            reward_server_command(job.spec.rewardServer.template, 0)
-        except ValueError as error:
-            out.append(str(error))
-    return out

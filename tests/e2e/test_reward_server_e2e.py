@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e.test_operator_e2e import wait_for
 
 from support.kubeapi import Cluster, Operator
 from support.kubelet import TestKubelet
 from support.ledger import assert_every_prompt_trained_once
+from support.reward_server import template
 from support.specs import fault_drill_job
 
 NAME = "rwd"
 STEPS = 24
-TESTS = Path(__file__).resolve().parents[1]
+POD_IP = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}  # each pod binds its own IP
 
 
 def _job(namespace: str, log: Path) -> dict[str, Any]:
@@ -34,21 +35,7 @@ def _job(namespace: str, log: Path) -> dict[str, Any]:
     task["rewards"] = [{"name": "judge", "http": {"serverPath": "/score", "timeoutSeconds": 5, "retries": 3}}]
     job["spec"]["rewardServer"] = {
         "replicas": 2,
-        "template": {
-            "spec": {
-                "containers": [
-                    {
-                        "name": "reward",
-                        "command": ["python", "-m", "support.reward_server"],
-                        "args": ["$(KUBERL_REWARD_PORT)", str(log), "$(POD_IP)"],
-                        "env": [
-                            {"name": "PYTHONPATH", "value": str(TESTS)},
-                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                        ],
-                    }
-                ]
-            }
-        },
+        "template": template(str(log), "$(POD_IP)", env=[POD_IP]),
     }
     return job
 
@@ -73,12 +60,7 @@ def test_the_operator_runs_the_reward_server_and_recreates_a_killed_one(
         )
 
     def wait(probe: Any, what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if probe():
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}\n{explain()}")
+        wait_for(probe, what, timeout, explain)
 
     def step() -> int:
         return int(status().get("step") or 0)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from support.reward_server import template
 from support.specs import fault_drill_job
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -118,19 +119,7 @@ def test_the_jobs_own_reward_server_runs_as_local_processes(tmp_path: Path) -> N
     job = _job("ownserver", [{"name": "judge", "http": {"serverPath": "/score"}}])
     job["spec"]["rewardServer"] = {
         "replicas": 2,
-        "template": {
-            "spec": {
-                "containers": [
-                    {
-                        "name": "reward",
-                        "image": "registry.example/reward:1",
-                        "command": ["python", "-m", "support.reward_server"],
-                        "args": ["$(KUBERL_REWARD_PORT)", str(log)],
-                        "env": [{"name": "PYTHONPATH", "value": str(TESTS)}],
-                    }
-                ]
-            }
-        },
+        "template": template(str(log)),
     }
     rows = _run(tmp_path, job)
     assert [r["step"] for r in rows] == [1, 2]

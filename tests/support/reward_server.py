@@ -8,8 +8,24 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+
+TESTS = str(Path(__file__).resolve().parents[1])
+
+
+def template(log: str, *args: str, env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A spec.rewardServer pod template that runs this server (port from `$(KUBERL_REWARD_PORT)`, then `args`)."""
+    container = {
+        "name": "reward",
+        "image": "registry.example/reward:1",
+        "command": ["python", "-m", "support.reward_server"],
+        "args": ["$(KUBERL_REWARD_PORT)", log, *args],
+        "env": [{"name": "PYTHONPATH", "value": TESTS}, *(env or [])],
+    }
+    return {"spec": {"containers": [container]}}
 
 
 def main() -> None:

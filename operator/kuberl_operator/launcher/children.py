@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kuberl_operator.api.rljob import RLJob
 from kuberl_workers.config import ENV_INDEX, ENV_POD_IP, ENV_REWARD_PORT, ENV_ROLE, ENV_WORKER_ID
 
 # Each role listens on its own loopback address, as pods have their own IPs: ports never collide.
@@ -111,3 +112,17 @@ def stop_all(children: list[Child], grace: float = 10.0) -> None:
         if child.proc is not None and child.proc.poll() is None:
             child.proc.kill()
             child.proc.wait()
+
+
+def local_problems(job: RLJob) -> list[str]:
+    """Fields `kuberl run` cannot honour on one machine (it refuses the job naming them)."""
+    out = []
+    for i, reward in enumerate(job.spec.task.rewards or ()):
+        if reward.python is not None and reward.python.configMap:
+            out.append(f"spec.task.rewards[{i}].python.configMap: kuberl run reads no ConfigMaps; use python.path")
+    if job.spec.rewardServer is not None:
+        try:
+            reward_server_command(job.spec.rewardServer.template, 0)
+        except ValueError as error:
+            out.append(str(error))
+    return out

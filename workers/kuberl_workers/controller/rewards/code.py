@@ -36,12 +36,6 @@ def program(completion: str, row: dict[str, Any], tests_field: str, entry_field:
     return f"{code}\n\n{tests}{check}"
 
 
-def run(source: str, limits: sandbox.Limits) -> tuple[bool, str]:
-    """Runs in a reward process: (passed, reason) of one sandboxed run."""
-    result = sandbox.run(source, limits)
-    return result.passed, result.reason
-
-
 @register
 class CodeScorer(Scorer):
     kind = "code"
@@ -52,9 +46,10 @@ class CodeScorer(Scorer):
         if source is None:
             return Scored(0.0, failure="no_tests")
         wall = cfg.timeoutSeconds or 10.0
-        limits = sandbox.Limits(wall, cfg.cpuSeconds, cfg.memoryMiB, cfg.outputKiB)
-        outcome, failure = await self.pool.call(run, source, limits, timeout=wall + POOL_GRACE_SECONDS, label=cfg.name)
+        limits = sandbox.SandboxLimits(wall, cfg.cpuSeconds, cfg.memoryMiB, cfg.outputKiB)
+        result, failure = await self.pool.call(
+            sandbox.run, source, limits, timeout=wall + POOL_GRACE_SECONDS, label=cfg.name
+        )
         if failure:
             return Scored(0.0, failure=failure)
-        passed, reason = outcome
-        return Scored(1.0) if passed else Scored(0.0, failure=reason)
+        return Scored(1.0) if result.passed else Scored(0.0, failure=result.reason)

@@ -78,7 +78,7 @@ exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
 
 
 @dataclass(frozen=True)
-class Limits:
+class SandboxLimits:
     wall_seconds: float = 10.0
     cpu_seconds: int = 5
     memory_mib: int = 512
@@ -104,7 +104,7 @@ def _readable_roots() -> list[str]:
     return sorted(r for r in roots if r)
 
 
-def _child_setup(limits: Limits, mark: Path) -> None:
+def _child_setup(limits: SandboxLimits, mark: Path) -> None:
     """Runs in the forked child before exec: namespaces (recorded in `mark` for the parent), then limits."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
@@ -116,7 +116,7 @@ def _child_setup(limits: Limits, mark: Path) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def run(program: str, limits: Limits) -> Result:
+def run(program: str, limits: SandboxLimits) -> Result:
     """Run `program` (Python source) under `limits`; never raises for anything the program does."""
     with tempfile.TemporaryDirectory(prefix="kuberl-sandbox-") as tmp:
         root = Path(tmp) / "work"
