@@ -15,11 +15,14 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kuberl_workers.controller.scheduler import Scheduler, SchedulerConfig
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -185,20 +188,27 @@ def simulate(
         # purged rollouts and adds empty ones, so the drop across it is exactly the purged tokens
         return sum(len(r.output_ids) for r in sched.rollouts.values())
 
-    in_scheduler = 0.0
+    in_scheduler = 0.0  # wall time inside the Scheduler's own methods (the simulation's bookkeeping excluded)
+
+    def timed(method: Callable[..., T], *args: Any) -> T:
+        nonlocal in_scheduler
+        clock = time.perf_counter()
+        try:
+            return method(*args)
+        finally:
+            in_scheduler += time.perf_counter() - clock
+
     payload_seconds = [0.0] * replicas
     while len(starts) <= warmup + steps:
         measuring = len(starts) > warmup  # the step now running is a measured one
-        clock = time.perf_counter()
         if not sched.awaiting_weights:
             while idle:
                 replica = idle[-1]
-                chunks = sched.lease(names[replica], slots, now)
+                chunks = timed(sched.lease, names[replica], slots, now)
                 if not chunks:
                     break  # an idle replica got nothing: no other idle one would
                 idle.pop()
                 plan = []
-                in_scheduler += time.perf_counter() - clock
                 for chunk in chunks:
                     leased = sched.rollouts[chunk.rollout_id]
                     target = workload.length(sched.groups[leased.group].prompt_index, leased.sample, cfg.group_size)
@@ -209,17 +219,13 @@ def simulate(
                 calls.append((now, end))
                 payload_seconds[replica] = end - now
                 heapq.heappush(events, (end, seq, replica, plan))
-                clock = time.perf_counter()
-        in_scheduler += time.perf_counter() - clock
         if not events:
             raise RuntimeError("simulation stalled: nothing in flight and no step to close")
         now, _, replica, payload = heapq.heappop(events)
-        clock = time.perf_counter()
         if replica < 0:  # the trainers published the next version: the next step starts
             starts.append(now)
             held = pool_tokens()
-            sched.weights_published(payload)
-            in_scheduler += time.perf_counter() - clock
+            timed(sched.weights_published, payload)
             if len(starts) == warmup + 1:  # the measurement starts here: drop what came before
                 calls = [c for c in calls if c[1] > now]
                 purged, dropped = sched.counters.rollouts_purged, sched.counters.prompts_dropped
@@ -228,17 +234,16 @@ def simulate(
             continue
         idle.append(replica)
         # the per-replica throughput the controller measures (it shares Omega by it; equal replicas here)
-        sched.record_throughput(names[replica], sum(n for _, n, _ in payload), payload_seconds[replica])
+        timed(sched.record_throughput, names[replica], sum(n for _, n, _ in payload), payload_seconds[replica])
         for chunk, n, finished in payload:
-            rollout = sched.complete(
-                names[replica], chunk.lease_id, zeros_i[:n], zeros_f[:n], "stop" if finished else None, chunk.version
-            )
+            new_ids, logprobs, finish = zeros_i[:n], zeros_f[:n], "stop" if finished else None
+            rollout = timed(sched.complete, names[replica], chunk.lease_id, new_ids, logprobs, finish, chunk.version)
             if measuring:
                 wasted += n if rollout is None else 0  # a late result for a purged rollout, rejected
             if rollout is not None and rollout.finished:
-                sched.rewarded(rollout.id, 0.0)
-        if sched.step_ready():
-            batch = sched.close_step()
+                timed(sched.rewarded, rollout.id, 0.0)
+        if timed(sched.step_ready):
+            batch = timed(sched.close_step)
             if measuring:
                 closes.append(now)
                 tokens.append(batch.tokens)
@@ -246,7 +251,6 @@ def simulate(
             seq += 1
             publish = now + costs.train_seconds(batch.tokens) + costs.sync_seconds
             heapq.heappush(events, (publish, seq, -1, sched.step))
-        in_scheduler += time.perf_counter() - clock
     return SimResult(
         replicas,
         starts[warmup:],

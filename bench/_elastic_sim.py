@@ -152,7 +152,7 @@ def simulate(w: Workload, fixed: int | None, seed: int = 0) -> dict[str, Any]:
             want = int(job["metadata"]["annotations"][SCALE_ANNOTATION])
             for i in range(want):
                 if name(i) not in created:
-                    sched.workers.pop(name(i), None)  # a new pod of an old name starts undrained
+                    sched.worker_lost(name(i))  # a new pod of an old name starts undrained
                     created[name(i)], active[name(i)] = now, now + w.start_seconds
                     push(now + w.start_seconds, "started")
             for replica in [r for r in created if int(r.rsplit("-", 1)[1]) >= want]:

@@ -51,15 +51,16 @@ class Job:
 
 
 def scheduler_config(
-    job: Job, mean_len: float, sigma: int | None, phi: float = 1.0, omega: float = 1.0
+    job: Job, mean_len: float, sigma: int | str | None, phi: float = 1.0, omega: float = 1.0
 ) -> SchedulerConfig:
-    """C3PO++ with retention `sigma`, Phi and Omega in units of one batch; `sigma=None` is the synchronous
-    baseline: sigma=0 with a budget no batch reaches, so every rollout of the batch runs to completion.
+    """C3PO++ with retention `sigma` ("auto": the API default, controller/retention.py), Phi and Omega in units of
+    one batch; `sigma=None` is the synchronous baseline: sigma=0 with a budget no batch reaches, so every rollout
+    of the batch runs to completion.
     """
     sync = sigma is None
     return SchedulerConfig(
         token_budget=10**12 if sync else max(1, round(phi * job.batch * mean_len)),
-        retention=sigma or 0,
+        retention=None if sigma == "auto" else int(sigma or 0),
         pool_capacity=job.batch if sync else max(job.group, round(omega * job.batch)),
         chunk_tokens=job.chunk_tokens,
         group_size=job.group,
@@ -85,7 +86,7 @@ class Bench:
         return Costs(ranks * self.calibration["train_tokens_per_second"], self.sync_seconds)
 
     def run(
-        self, replicas: int, sigma: int | None, phi: float = 1.0, omega: float = 1.0, slots: int | None = None
+        self, replicas: int, sigma: int | str | None, phi: float = 1.0, omega: float = 1.0, slots: int | None = None
     ) -> dict[str, Any]:
         cfg = scheduler_config(self.job, self.mean_len, sigma, phi, omega)
         # a smaller Phi means shorter steps: run more of them, so that the same simulated time is measured and the
@@ -182,6 +183,29 @@ def train_share_rows(sync: dict[str, Any], c3po: dict[str, Any]) -> list[dict[st
                 "training share of the sync step": label,
                 "rollout speedup": rs / rc,
                 "e2e speedup": (rs + train) / (rc + train),
+            }
+        )
+    return rows
+
+
+SCHEDULER_OMEGA = 4096  # rollouts in flight for the scheduler's cost at cluster scale (#19's target)
+SCHEDULER_GOAL = 0.05  # of the simulated step
+
+
+def scheduler_rows(bench: Bench, replica_counts: list[int], omega_rollouts: int) -> list[dict[str, Any]]:
+    """The controller's own cost at cluster scale: wall time inside the real Scheduler per step, against the
+    simulated step it schedules, with Omega = `omega_rollouts` rollouts in flight (sigma as the reference).
+    """
+    rows = []
+    for replicas in replica_counts:
+        summary = bench.run(replicas, bench.job.retention, omega=omega_rollouts / bench.job.batch)
+        rows.append(
+            {
+                "replicas": replicas,
+                "Omega (rollouts)": omega_rollouts,
+                "scheduler ms/step": summary["scheduler_ms_per_step"],
+                "simulated step s": summary["step_s"],
+                "scheduler share of the step": summary["scheduler_ms_per_step"] / 1e3 / summary["step_s"],
             }
         )
     return rows
@@ -293,12 +317,13 @@ def main() -> None:
     calibration = load_calibration(args.calibration)
     job = Job()
     replica_counts = [8, 16, 32, 64, 128, 256]
-    phis, sigmas, omegas = [0.25, 0.5, 1.0, 2.0], [1, 2, 3, 4], [0.5, 1.0, 2.0]
+    phis, sigmas, omegas = [0.25, 0.5, 1.0, 2.0], [1, 2, 3, 4, "auto"], [0.5, 1.0, 2.0]
     capacity_replicas, slots_list = 8, [128, 64, 32]
     if args.quick:
         job = replace(job, prompts=32, replicas=16, warmup=2, steps=2)
-        replica_counts, phis, sigmas, omegas = [4, 16], [1.0], [1, 4], [1.0]
+        replica_counts, phis, sigmas, omegas = [4, 16], [1.0], [1, 4, "auto"], [1.0]
         capacity_replicas, slots_list = 4, [64, 16]
+    omega_rollouts = SCHEDULER_OMEGA if not args.quick else 4 * job.batch
     bench = Bench(job, calibration)
 
     replica_rows, reference = [], None
@@ -328,6 +353,8 @@ def main() -> None:
     omega_rows = sweep("Omega", omegas, lambda v: f"{v:g} x batch")
     capacity = capacity_rows(bench, capacity_replicas, slots_list)
     low = capacity[-1]
+    scheduler = scheduler_rows(bench, replica_counts, omega_rollouts)
+    widest = scheduler[-1]
 
     ref = (
         next(r for r in replica_rows if r["replicas"] == R)
@@ -335,6 +362,7 @@ def main() -> None:
         else replica_row(R, job, sync, c3po_ref)
     )
     sigma1 = next(r for r in sigma_rows if r["sigma"] == "1")
+    auto = next(r for r in sigma_rows if r["sigma"] == "auto")
     plots = args.plots if not (args.quick and args.plots == PLOTS) else Path(args.out)  # quick runs keep docs/ intact
     pictures = plot(Path(plots), replica_rows, sigma_rows, R)
     best = max(replica_rows, key=lambda r: r["rollout speedup"])
@@ -350,12 +378,17 @@ def main() -> None:
         f"rollout speedup over replicas {replica_counts[0]}-{replica_counts[-1]} (same batch): "
         + ", ".join(f"{r['replicas']}: {r['rollout speedup']:.2f}x" for r in replica_rows)
         + f" (best {best['rollout speedup']:.2f}x at {best['replicas']})",
-        f"sigma=1 (the API default) purges whole groups: {sigma1['wasted tokens']:.0%} of the generated tokens are "
-        f"never trained, {sigma1['prompts dropped']} prompts dropped, rollout speedup {sigma1['rollout speedup']:.2f}x",
+        f"a fixed sigma=1 purges whole groups: {sigma1['wasted tokens']:.0%} of the generated tokens are never "
+        f"trained, {sigma1['prompts dropped']} prompts dropped, rollout speedup {sigma1['rollout speedup']:.2f}x; "
+        f"the API default (automatic retention) wastes {auto['wasted tokens']:.1%}, mean versions spanned "
+        f"{auto['mean spanned']:.2f}, rollout speedup {auto['rollout speedup']:.2f}x",
         f"engines that take fewer chunks per call than Omega holds starve the long rollouts: at "
         f"{low['lease capacity / Omega']:.2g}x lease capacity C3PO++ runs at {low['rollout speedup']:.2f}x the "
         f"baseline's speed, wastes {low['wasted tokens C3PO++']:.0%} of its tokens and trains rollouts of mean length "
         f"{low['mean trained len C3PO++']} (sync: {low['mean trained len sync']})",
+        f"the controller's scheduler at Omega={widest['Omega (rollouts)']} in flight, {widest['replicas']} replicas: "
+        f"{widest['scheduler ms/step']:.0f} ms of wall time per step, {widest['scheduler share of the step']:.1%} of "
+        f"the simulated {widest['simulated step s']:.2f} s step (goal <= {SCHEDULER_GOAL:.0%})",
         f"at the paper's implied training share ({PAPER_TRAIN_SHARE:.0%} of the sync step) our rollout speedup gives "
         f"{train_share_rows(sync, c3po_ref)[2]['e2e speedup']:.2f}x end to end",
     ]
@@ -367,6 +400,7 @@ def main() -> None:
             f"pool capacity Omega ({R} replicas, sigma={S}, Phi = one batch)": omega_rows,
             f"end to end vs the training share ({R} replicas, sigma={S})": train_share_rows(sync, c3po_ref),
             f"lease capacity below Omega ({capacity_replicas} replicas, sigma={S}, Phi = Omega = one batch)": capacity,
+            f"scheduler cost (Omega = {omega_rollouts} rollouts, sigma={S}, Phi = one batch)": scheduler,
             "calibration: one vLLM-cpu engine, tiny model": calibration_rows(calibration, bench.engine),
         },
         "headline": headline,

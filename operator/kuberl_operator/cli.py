@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+# An RLJob name (DNS-1123 label): `kuberl export` reads SOURCE as one when it is no local path.
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _crd(args: argparse.Namespace) -> int:
@@ -148,13 +152,59 @@ def _template(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from kuberl_operator.launcher.export import ExportError, export
 
+    source = Path(args.source)
     try:
-        out = export(Path(args.source), Path(args.out), args.step)
+        if source.exists() or "/" in args.source or not NAME.match(args.source):
+            out = export(source, Path(args.out), args.step)
+        else:
+            out = _export_job(args)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"{out}: a Hugging Face model (AutoModelForCausalLM/AutoTokenizer.from_pretrained, vllm serve)")
     return 0
+
+
+def _export_job(args: argparse.Namespace) -> Path:
+    """`kuberl export JOB OUT` (SOURCE is no local path): through an export pod, see export_job.py."""
+    import asyncio
+
+    import aiohttp
+    import kopf
+
+    from kuberl_operator.builders import DEFAULT_WORKER_IMAGE
+    from kuberl_operator.export_job import export_job
+    from kuberl_operator.handlers import connect
+    from kuberl_operator.kube import ApiError
+    from kuberl_operator.launcher.export import ExportError
+
+    async def go() -> Path:
+        settings = kopf.OperatorSettings()
+        try:
+            info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
+        except (OSError, ValueError, kopf.LoginError) as error:
+            raise ExportError(
+                f"{args.source}: no such directory, and the kubeconfig cannot be read: {error}"
+            ) from error
+        if info is None:
+            raise ExportError(f"{args.source}: no such directory, and no kubeconfig to look for an RLJob of that name")
+        namespace = args.namespace or info.default_namespace or "default"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                return await export_job(
+                    connect(info, session),
+                    namespace,
+                    args.source,
+                    Path(args.out),
+                    args.step,
+                    args.image or DEFAULT_WORKER_IMAGE,
+                    args.timeout,
+                )
+            except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                raise ExportError(f"RLJob {namespace}/{args.source}: {error}") from error
+
+    return asyncio.run(go())
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -278,10 +328,20 @@ def parser() -> argparse.ArgumentParser:
     template.add_argument("--worker-image", help="the operator's worker image (default: kuberl's release image)")
     template.set_defaults(func=_template)
 
-    export = sub.add_parser("export", help="copy a trained policy out of a run as a Hugging Face model directory")
-    export.add_argument("source", metavar="RUN_DIR", help="a `kuberl run` directory, or a job's checkpoint directory")
+    export = sub.add_parser(
+        "export", help="copy a trained policy out of a run or a cluster job as a Hugging Face model directory"
+    )
+    export.add_argument(
+        "source",
+        metavar="RUN_DIR|JOB",
+        help="a `kuberl run` directory or a checkpoint directory; otherwise the name of an RLJob (kubeconfig), whose "
+        "checkpoint volume an export pod reads (RBAC: pods create/get/delete, pods/proxy get)",
+    )
     export.add_argument("out", metavar="OUT", help="the new model directory (must not exist, or be empty)")
     export.add_argument("--step", type=int, help="the policy version (training step) to export; default: the newest")
+    export.add_argument("-n", "--namespace", help="the RLJob's namespace (default: the kubeconfig context's)")
+    export.add_argument("--image", help="export pod image when spec.image is unset (default: the release image)")
+    export.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the export pod to be Ready")
     export.set_defaults(func=_export)
 
     operator = sub.add_parser("operator", help="run the kopf operator that reconciles RLJobs in a cluster")

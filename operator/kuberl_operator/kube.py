@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -59,11 +60,12 @@ class Kube:
         body: Any = None,
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> Any:
         self.requests += 1
         if method != "GET":
             self.writes += 1
-        headers = {**self.headers, "Content-Type": content_type, "Accept": "application/json"}
+        headers = {**self.headers, "Content-Type": content_type, "Accept": "application/json", **(headers or {})}
         async with self.session.request(
             method,
             f"{self.server}{url_path}",
@@ -76,6 +78,24 @@ class Kube:
             if response.status >= 400:
                 raise ApiError(response.status, method, url_path, text)
             return json.loads(text) if text else None
+
+    async def download(self, url_path: str, headers: dict[str, str], sink: Callable[[bytes], Awaitable[None]]) -> int:
+        """GET `url_path` and hand its body to `sink` chunk by chunk (1 MiB); returns the bytes received.
+        Raises ApiError on a status >= 400 (with the start of the body).
+        """
+        self.requests += 1
+        received = 0
+        async with self.session.get(
+            f"{self.server}{url_path}", ssl=self.ssl, headers={**self.headers, **headers}
+        ) as response:
+            if response.status >= 400:
+                raise ApiError(
+                    response.status, "GET", url_path, (await response.content.read(4096)).decode(errors="replace")
+                )
+            async for chunk in response.content.iter_chunked(1 << 20):
+                received += len(chunk)
+                await sink(chunk)
+        return received
 
     async def get(self, url_path: str) -> dict[str, Any] | None:
         try:

@@ -79,7 +79,8 @@ def worker_config(
             ppoEpochs=spec.algorithm.ppoEpochs,
             miniBatches=spec.algorithm.miniBatches,
         ),
-        c3po=C3POConfig(**spec.c3po.model_dump()),
+        # unset auto-retention bounds take the workers' defaults; an unset retention is itself the setting (auto)
+        c3po=C3POConfig(**{**spec.c3po.model_dump(exclude_none=True), "retention": spec.c3po.retention}),
         scale=ScaleConfig(
             trainerReplicas=spec.trainer.replicas,
             trainerStrategy=spec.trainer.strategy,
@@ -92,6 +93,7 @@ def worker_config(
         trainer=TrainerConfig(
             maxTokensPerMicroBatch=spec.trainer.maxTokensPerMicroBatch,
             gradientCheckpointing=spec.trainer.gradientCheckpointing,
+            shardGroupSize=spec.trainer.shardGroupSize,
         ),
         fault=FaultConfig(
             leaseSeconds=spec.faultTolerance.leaseSeconds,

@@ -203,6 +203,8 @@ def compute(old: dict[str, Any], seen: Observed, now: str) -> dict[str, Any]:
         ("policyVersion", "policyVersion"),
         ("budgetFill", "budgetFill"),
         ("tokensPerSecond", "tokensPerSecond"),
+        ("retention", "retention"),
+        ("tokensPurged", "tokensPurged"),
         ("lastCheckpoint", "lastCheckpoint"),
         ("latestModel", "latestModel"),
     ):

@@ -124,7 +124,10 @@ def kubelet(
 
     shutil.copytree(ensure_tiny(0), models / "tiny")  # what a model PVC would hold
     real = cluster.emulator is None  # a real API server: PodGC and node lifecycle need Node objects and Leases
-    kubelet = TestKubelet(cluster.api.connect, cluster.api.namespace, root, register_nodes=real).start()
+    # export pods are read through the API server's pod proxy, which refuses loopback pod IPs
+    kubelet = TestKubelet(
+        cluster.api.connect, cluster.api.namespace, root, register_nodes=real, routable=lambda pod: "-export-" in pod
+    ).start()
     try:
         yield kubelet
     finally:

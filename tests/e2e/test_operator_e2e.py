@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -110,6 +112,8 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
     wait_for(lambda: api.list("pods") == [], "pods cleaned up after completion", 60, explain)
     assert_every_prompt_trained_once(kubelet.root / "pvc" / "checkpoints")
 
+    assert_final_model_exports(cluster, kubelet, final, explain)
+
     secret = api.get("secrets", f"{NAME}-token")
     assert secret is not None
     token = base64.b64decode(secret["data"]["token"]).decode()
@@ -123,6 +127,46 @@ def test_job_trains_survives_pod_and_gang_faults_completes_and_is_collected(
         assert_operator_requests_granted_by_chart(cluster, operator)
     elif cluster.operator_kubeconfig is not None:  # the real API server enforced the chart's RBAC all along
         assert_no_authorization_denials(operator)
+
+
+def assert_final_model_exports(
+    cluster: Cluster, kubelet: TestKubelet, final: dict[str, Any], explain: Callable[[], str]
+) -> None:
+    """`kuberl export JOB OUT` as a user runs it, after the job's pods are gone: an export pod reads the checkpoint
+    claim and the CLI streams the newest version through the API server's pod proxy; the copy is the version
+    status.latestModel names, byte for byte, and transformers loads it. The export pod is deleted after."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    volume = kubelet.root / "pvc" / "checkpoints"
+    newest = volume / f"weights-{STEPS:08d}"
+    assert final.get("latestModel", "").endswith(newest.name), final
+    out = kubelet.root / "exported"
+
+    def export(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "kuberl_operator.cli", "export", NAME, str(out), "-n", cluster.api.namespace]
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        return subprocess.run([*command, *extra], capture_output=True, text=True, env=env, timeout=300)
+
+    refused = export("--step", "1")  # pruned long ago (checkpoint.keep): the error lists what exists
+    assert refused.returncode == 1 and "no weights for step 1; published steps: [" in refused.stderr, refused
+    assert not out.exists()
+    done = export()
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{explain()}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in newest.iterdir())
+    for file in newest.iterdir():
+        assert (out / file.name).read_bytes() == file.read_bytes(), file.name
+    model = AutoModelForCausalLM.from_pretrained(out)
+    published = load_file(str(newest / "model.safetensors"))
+    state = model.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in published.items())
+    wait_for(
+        lambda: [p for p in cluster.api.list("pods") if "-export-" in p["metadata"]["name"]] == [],
+        "the export pods deleted",
+        60,
+        explain,
+    )
 
 
 def assert_no_authorization_denials(operator: Operator) -> None:

@@ -58,7 +58,17 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
         {"spec.faultTolerance": {"restartBackoffSeconds": 100, "maxRestartBackoffSeconds": 50}},
         {"spec.faultTolerance.restartBackoffSeconds"},
     ),
-    ("fsdp2-not-implemented", {"spec.trainer.strategy": "fsdp2"}, {"spec.trainer.strategy"}),
+    ("shard-group-without-fsdp2", {"spec.trainer.shardGroupSize": 1}, {"spec.trainer.shardGroupSize"}),
+    (
+        "shard-group-does-not-divide",
+        {"spec.trainer": {"strategy": "fsdp2", "replicas": 3, "shardGroupSize": 2}},
+        {"spec.trainer.shardGroupSize"},
+    ),
+    (
+        "auto-retention-bound-with-fixed-retention",
+        {"spec.c3po": {"retention": 2, "maxRetention": 4}},
+        {"spec.c3po.maxRetention"},
+    ),
     (
         "system-prompt-raw",
         {"spec.task.promptFormat": "raw", "spec.task.systemPrompt": "Be brief."},

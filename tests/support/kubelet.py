@@ -5,11 +5,13 @@ What it stands in for, and how (named so that no one mistakes it for a real node
 - scheduling: a pod is bound (pods/binding) to the first of `nodes` its required node affinity allows;
 - the container: the main container's command runs as a local process in its own process group, with the host's
   environment as the image's baseline plus the pod's env (values, fieldRefs, secret/configMap keys);
-- the pod network: each pod name gets a fixed loopback address 127.77.x.y (its `status.podIP`); cluster DNS is
+- the pod network: each pod name gets a fixed loopback address 127.77.x.y (its `status.podIP`), except the pods
+  `routable` names, which get this machine's own address (the API server's pod proxy refuses loopback addresses;
+  such a pod must bind its IP, as kuberl's export pod does, and two of them cannot share a port); cluster DNS is
   emulated by rewriting `*.svc` host names in env values to the address of the pod they resolve to;
 - volumes: configMaps and secrets are written out, emptyDirs are per-pod folders, a persistentVolumeClaim is a
   folder per claim shared by all pods; mount paths in env values and in mounted configMap files are rewritten to
-  those folders (no chroot);
+  those folders (no chroot), and so are they in the command and args;
 - probes: the readinessProbe's httpGet (or tcpSocket) is polled every `period` seconds instead of its periodSeconds;
 - nodes (with `register_nodes`, on a real API server): a Node object per name, Ready, with its Lease in
   kube-node-lease renewed every 10 s, so that the controller-manager neither force-deletes the pods bound to it
@@ -42,11 +44,13 @@ from typing import Any
 import aiohttp
 
 from kuberl_operator.kube import ApiError, Kube, path
+from support.net import host_address
 from support.nodes import LEASE_RENEW_SECONDS, delete_nodes, heartbeat
 
 VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 SVC_HOST = re.compile(r"(?:([a-z0-9-]+)\.)?([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?")
-MANAGED = "app.kubernetes.io/managed-by=kuberl-operator"
+# every pod kuberl makes: the operator's and the CLI's (export pods, managed-by kuberl-cli)
+MANAGED = "app.kubernetes.io/part-of=kuberl"
 
 
 @dataclass
@@ -73,8 +77,10 @@ class TestKubelet:
         nodes: tuple[str, ...] = ("node-a", "node-b", "node-c"),
         period: float = 0.5,
         register_nodes: bool = False,
+        routable: Callable[[str], bool] = lambda pod: False,
     ) -> None:
         self.connect, self.namespace, self.root, self.nodes, self.period = connect, namespace, root, nodes, period
+        self.routable = routable
         self.register_nodes = register_nodes
         self._renewed = 0.0
         self.containers: dict[str, Container] = {}
@@ -106,6 +112,8 @@ class TestKubelet:
     def ip_of(self, pod: str) -> str:
         """Derived from the pod's name, not from the order pods appear: test sessions running side by side on one
         machine collide only if they use the same job names."""
+        if pod not in self.ips and self.routable(pod):
+            self.ips[pod] = host_address()
         if pod not in self.ips:
             taken = set(self.ips.values())
             n = zlib.crc32(pod.encode()) % 62500
@@ -197,6 +205,7 @@ class TestKubelet:
             env[item["name"]] = await self._resolve(kube, _rewrite(value, mounts))
         # the kubelet expands `$(VAR)` in command and args from the container's env (unknown ones stay as they are)
         words = [VARIABLE.sub(lambda m: env.get(m[1], m[0]), w) for w in main["command"] + main.get("args", [])]
+        words = [_rewrite(w, mounts) for w in words]  # a path under a mount, as the process would see it
         command = [sys.executable if part == "python" else part for part in words]
         log = pod_dir / "container.log"
         process = subprocess.Popen(

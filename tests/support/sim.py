@@ -75,7 +75,7 @@ def drive(
     return run
 
 
-def config(**overrides: int) -> SchedulerConfig:
+def config(**overrides: int | float | None) -> SchedulerConfig:
     base = dict(
         token_budget=64,
         retention=1,
@@ -87,5 +87,5 @@ def config(**overrides: int) -> SchedulerConfig:
         lease_seconds=30.0,
         seed=0,
     )
-    base.update(overrides)
+    base.update(overrides)  # type: ignore[arg-type]
     return SchedulerConfig(**base)  # type: ignore[arg-type]

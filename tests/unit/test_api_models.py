@@ -23,7 +23,7 @@ def test_minimal_job_gets_documented_defaults() -> None:
     assert spec.algorithm.clipEpsilon == 0.2 and spec.algorithm.klCoef == 0.0 and spec.algorithm.name == "grpo"
     assert spec.trainer.replicas == 1 and spec.rollout.minReplicas == 1 and spec.rollout.replicas is None
     assert spec.checkpoint.volume is None and spec.suspend is False
-    assert spec.c3po.retention == 1
+    assert spec.c3po.retention is None  # automatic (controller/retention.py)
 
 
 def test_dump_round_trips() -> None:

@@ -35,6 +35,10 @@ BASE = minimal_job(
 # A changed value for each field whose type gives none by itself (strings, paths, optional and free-form fields).
 SAMPLES: dict[str, Any] = {
     "model.path": "models/m",
+    "c3po.retention": 3,
+    "trainer.shardGroupSize": 1,
+    "c3po.maxPurgedTokenShare": 0.1,
+    "c3po.maxRetention": 4,
     "model.volume": "models",
     "model.builtin": "smollm2-135m-instruct",
     "task.dataset.path": "data/train.jsonl",

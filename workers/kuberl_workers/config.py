@@ -74,6 +74,8 @@ class ModelConfig(_Contract):
 
 ENV_REWARD_PORT: Final = "KUBERL_REWARD_PORT"
 """The port a reward server (spec.rewardServer) listens on; `$(KUBERL_REWARD_PORT)` in its command or args."""
+ENV_EXPORT_TOKEN: Final = "KUBERL_EXPORT_TOKEN"
+"""The export pod's one-time token (`kuberl export JOB`), required on every request but /healthz."""
 
 
 def reward_auth_env(name: str) -> str:
@@ -148,9 +150,11 @@ class AlgorithmConfig(_Contract):
 
 class C3POConfig(_Contract):
     tokenBudget: int
-    retention: int
+    retention: int | None  # None: automatic (controller/retention.py)
     inferencePoolCapacity: int
     chunkTokens: int
+    maxPurgedTokenShare: float = 0.05
+    maxRetention: int = 8
 
 
 class ScaleConfig(_Contract):
@@ -167,6 +171,8 @@ class TrainerConfig(_Contract):
     maxTokensPerMicroBatch: int = Field(8192, ge=1)
     """Padded tokens (rows x longest row) per forward/backward; a longer sequence gets a micro-batch alone."""
     gradientCheckpointing: bool = False
+    shardGroupSize: int | None = Field(None, ge=1)
+    """fsdp2: ranks sharding one copy of the model (hybrid sharding); None: the whole gang."""
 
 
 class FaultConfig(_Contract):

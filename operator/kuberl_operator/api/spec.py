@@ -207,12 +207,44 @@ class C3POSpec(ApiModel):
 
     tokenBudget: int = Field(4096, ge=1, le=1_000_000_000)
     """Phi: generated tokens of finished rollouts per training step."""
-    retention: int = Field(1, ge=0, le=1000)
-    """sigma: policy versions an unfinished rollout may live through before it is purged; 0 is synchronous."""
+    retention: int | None = Field(None, ge=0, le=1000)
+    """sigma: policy versions an unfinished rollout may live through before it is purged; 0 is synchronous.
+    Unset (the default): automatic. sigma starts at 1; at each publish it rises (up to maxRetention) while the
+    purge it would cause brings the tokens purged over the last 4 steps above maxPurgedTokenShare of those
+    generated, and falls by one after 4 publishes at which one less would have purged nothing. A fixed sigma
+    too small for the job's completion lengths purges whole groups (docs/benchmarks.md: 67% of the tokens)."""
+    maxPurgedTokenShare: float | None = Field(None, gt=0.0, lt=1.0)
+    """Automatic retention only: the share of generated tokens purges may waste over 4 steps; default 0.05."""
+    maxRetention: int | None = Field(None, ge=1, le=1000)
+    """Automatic retention only: the largest sigma it chooses (bounds staleness; IcePop masks the mismatch that
+    remains); default 8."""
     inferencePoolCapacity: int = Field(64, ge=1, le=1_000_000)
     """Omega: rollouts in flight at once across the rollout pool."""
     chunkTokens: int = Field(64, ge=1, le=131072)
     """New tokens per generation request; budget checks and version switches happen at chunk boundaries."""
+
+    rules = (
+        Rule(
+            cel="!has(self.retention) || !has(self.maxPurgedTokenShare)",
+            message="applies only to automatic retention (leave retention unset)",
+            field="maxPurgedTokenShare",
+            check=lambda m: (
+                "applies only to automatic retention (leave retention unset)"
+                if m.retention is not None and m.maxPurgedTokenShare is not None
+                else None
+            ),
+        ),
+        Rule(
+            cel="!has(self.retention) || !has(self.maxRetention)",
+            message="applies only to automatic retention (leave retention unset)",
+            field="maxRetention",
+            check=lambda m: (
+                "applies only to automatic retention (leave retention unset)"
+                if m.retention is not None and m.maxRetention is not None
+                else None
+            ),
+        ),
+    )
 
 
 class TrainerSpec(ApiModel):
@@ -221,9 +253,15 @@ class TrainerSpec(ApiModel):
     replicas: int = Field(1, ge=1, le=4096)
     """Gang size (world size); immutable, since torch.distributed cannot change it in place."""
     strategy: Literal["ddp", "fsdp2"] = "ddp"
-    """Data parallelism: `ddp` replicates the model and optimizer state on every rank and all-reduces gradients
-    once per optimizer step. `fsdp2` (sharded parameters and optimizer state) is reserved and refused: the
-    trainer does not implement it yet."""
+    """Data parallelism: `ddp` replicates the model and AdamW state on every rank (~16 bytes a parameter) and
+    all-reduces gradients once per optimizer step: for models that fit one device. `fsdp2` shards parameters,
+    gradients and AdamW state over the gang (torch FSDP2, one unit per decoder layer; float32 master weights,
+    forward/backward in model.dtype), shards the KL reference model too, and checkpoints with
+    torch.distributed.checkpoint (restorable on another gang size). See shardGroupSize for hybrid sharding."""
+    shardGroupSize: int | None = Field(None, ge=1, le=4096)
+    """fsdp2 only: ranks that shard one copy of the model (e.g. the GPUs of a node); copies are replicated across
+    the replicas / shardGroupSize groups, so inter-group links carry only the gradient all-reduce (hybrid
+    sharding, as in PaRO). Must divide replicas. Unset: one group of all ranks (full sharding)."""
     maxTokensPerMicroBatch: int = Field(8192, ge=16, le=100_000_000)
     """Padded tokens (sequences x longest sequence) in one forward/backward pass; gradients accumulate over the
     micro-batches of an optimizer step and equal the one-batch gradient. Sequences are length-sorted first;
@@ -236,10 +274,20 @@ class TrainerSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="!has(self.strategy) || self.strategy != 'fsdp2'",
-            message="fsdp2 is not implemented by the trainer yet; use ddp",
-            field="strategy",
-            check=lambda m: "fsdp2 is not implemented by the trainer yet; use ddp" if m.strategy == "fsdp2" else None,
+            cel="!has(self.shardGroupSize) || (has(self.strategy) && self.strategy == 'fsdp2')",
+            message="applies only to strategy fsdp2",
+            field="shardGroupSize",
+            check=lambda m: (
+                "applies only to strategy fsdp2" if m.shardGroupSize is not None and m.strategy != "fsdp2" else None
+            ),
+        ),
+        Rule(
+            cel="!has(self.shardGroupSize) || self.replicas % self.shardGroupSize == 0",
+            message="must divide replicas",
+            field="shardGroupSize",
+            check=lambda m: (
+                "must divide replicas" if m.shardGroupSize is not None and m.replicas % m.shardGroupSize else None
+            ),
         ),
         Rule(
             cel="self.replicas == oldSelf.replicas",

@@ -78,12 +78,16 @@ class RLJobStatus(ApiModel):
     """Fraction of c3po.tokenBudget generated so far in the current step."""
     tokensPerSecond: float | None = Field(None, ge=0.0)
     """Rollout tokens per second across the pool (moving average)."""
+    retention: int | None = Field(None, ge=0)
+    """C3PO++ sigma in effect: c3po.retention, or the value automatic retention chose last."""
+    tokensPurged: int | None = Field(None, ge=0)
+    """Generated tokens C3PO++ discarded so far (groups purged past sigma): generation paid for, never trained."""
     lastCheckpoint: str | None = None
     """Path of the newest complete checkpoint."""
     latestModel: str | None = None
     """The newest published policy (`file://` URI as the pods mount the checkpoint volume): a complete Hugging Face
     model directory (weights, config, tokenizer, generation config). Once the job is Complete, the trained model:
-    `kuberl export <the claim's folder> OUT` copies it."""
+    `kuberl export -n NAMESPACE JOB OUT` copies it (through an export pod that mounts the claim)."""
     avoidedNodes: list[str] = Field(default_factory=list)
     """Nodes the job's new pods avoid after repeated failures."""
     startTime: str | None = _timestamp()

@@ -1,36 +1,34 @@
-"""`kuberl export`: copy one published policy version out of a run (or a checkpoint volume) as a Hugging Face model.
+"""`kuberl export RUN_DIR OUT`: copy one published policy version out of a run (or a checkpoint directory).
 
 Every version the trainer publishes (`checkpoints/weights-<step>/`) is already a complete model directory: weights
 (tied ones stored once, as `save_pretrained` does), `config.json`, the tokenizer with its chat template and the
 generation config (workers/kuberl_workers/trainer/weights.py). Exporting copies one, checked, to where the user wants
-it, so that the run directory's pruning (`checkpoint.keep`) can never take it away.
+it, so that the run directory's pruning (`checkpoint.keep`) can never take it away. A cluster job's versions are
+on its checkpoint volume: kuberl_operator/export_job.py reads them through an export pod.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
-VERSION = re.compile(r"^weights-(\d+)$")
-REQUIRED = ("config.json", "model.safetensors")
+from kuberl_workers.published import missing_files, published_versions
 
 
 class ExportError(ValueError):
     """Nothing to export, or nowhere to put it; the message says which and what exists."""
 
 
-def published_versions(source: Path) -> dict[int, Path]:
-    """{step: directory} of the published versions under a run directory or a checkpoint directory."""
-    folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
-    found = {int(m[1]): p for p in folder.glob("weights-*") if p.is_dir() and (m := VERSION.match(p.name))}
-    return dict(sorted(found.items()))
-
-
 def final_model(source: Path) -> Path | None:
     """The newest published version, or None."""
     versions = published_versions(source)
     return versions[max(versions)] if versions else None
+
+
+def check_out(out: Path) -> None:
+    """Raises ExportError unless `out` is absent or an empty directory (checked before anything is copied)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out}: exists and is not an empty directory (nothing was copied)")
 
 
 def export(source: Path, out: Path, step: int | None = None) -> Path:
@@ -46,11 +44,10 @@ def export(source: Path, out: Path, step: int | None = None) -> Path:
         listed = ", ".join(str(v) for v in versions)
         raise ExportError(f"{source}: no weights for step {chosen}; published steps: {listed}")
     version = versions[chosen]
-    missing = [name for name in REQUIRED if not (version / name).is_file()]
+    missing = missing_files(version)
     if missing:
         raise ExportError(f"{version}: lacks {', '.join(missing)}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out}: exists and is not an empty directory (nothing was copied)")
+    check_out(out)
     staging = out.with_name(f".{out.name}.export")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(version, staging)

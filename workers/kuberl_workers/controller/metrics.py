@@ -89,7 +89,8 @@ class _Live(Collector):
         yield gauge("kuberl_policy_version", "Policy version rollouts must use", s.version)
         yield gauge("kuberl_token_budget", "C3PO++ token budget Phi per step", s.cfg.token_budget)
         yield gauge("kuberl_budget_fill", "Fraction of the token budget generated this step", s.budget_fill())
-        yield gauge("kuberl_rollouts_in_flight", "Rollouts in the inference pool", len(s.in_flight()))
+        yield gauge("kuberl_rollouts_in_flight", "Rollouts in the inference pool", s.in_flight_count())
+        yield gauge("kuberl_retention", "C3PO++ sigma in effect (fixed, or chosen by automatic retention)", s.retention)
         yield gauge(
             "kuberl_rollout_tokens_per_second", "Rollout tokens per second across the pool", c.pool_tokens_per_second()
         )
@@ -124,6 +125,11 @@ class _Live(Collector):
                 lambda: s.counters.leases_rejected,
             ),
             ("kuberl_rollouts_purged", "Rollouts purged past the retention limit", lambda: s.counters.rollouts_purged),
+            (
+                "kuberl_tokens_purged",
+                "Generated tokens discarded by purges (never trained)",
+                lambda: s.counters.tokens_purged,
+            ),
             (
                 "kuberl_prompts_requeued",
                 "Purged prompts requeued as a fresh group",

@@ -8,13 +8,18 @@ The rules are in `shared/design/algorithms.md` and docs/architecture.md; in shor
 - A rollout is generated in chunks of at most `chunkTokens`, each leased to one worker (TODO -> LEASED -> back to
   TODO on expiry, worker death or error; the rollout only changes when the current lease's result is accepted).
 - A finished rollout adds its length to C; a group whose samples are all finished and rewarded enters Q.
-- sigma > 0: the step closes when Q is non-empty and C >= Phi (or nothing more can be admitted and P is empty);
+- sigma > 0 (fixed, or chosen at each publish when c3po.retention is unset: controller/retention.py): the step
+  closes when Q is non-empty and C >= Phi (or nothing more can be admitted and P is empty);
   unfinished rollouts carry over, age by one per policy update, and are purged (whole group) past sigma; at
   each publish, a group holding a token more than sigma versions old is purged too (no trained token is older).
 - sigma = 0 (synchronous): at C >= Phi admission stops, and the step closes once P has drained, so nothing
   carries over.
 - A purged group's prompt is requeued once as a fresh group, then dropped. Trained prompts go to the DONE log
   before the batch is handed out. A rollout whose chunk fails MAX_CHUNK_FAILURES times drops its group.
+
+Cost: a lease of k chunks, a completion, a release and an expiry are O(k log n) / O(log n) in the pool size n
+(controller/pool_index.py), and a worker's share of Omega O(1); only a publish (once a step) scans the pool.
+`workers` is read-only outside this class (the shares are kept incrementally).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kuberl_workers.controller.pool_index import PoolIndex
+from kuberl_workers.controller.retention import AutoRetention
 from kuberl_workers.controller.state import FINISH_REASONS, ChunkRequest, Group, Lease, Rollout
 
 MAX_CHUNK_FAILURES = 3
@@ -39,7 +46,7 @@ PromptSource = Callable[[int], tuple[list[int], str] | None]
 @dataclass(frozen=True)
 class SchedulerConfig:
     token_budget: int
-    retention: int
+    retention: int | None  # None: automatic (controller/retention.py), between 1 and max_retention
     pool_capacity: int
     chunk_tokens: int
     group_size: int
@@ -47,6 +54,8 @@ class SchedulerConfig:
     max_new_tokens: int
     lease_seconds: float
     seed: int = 0
+    max_purged_share: float = 0.05  # automatic retention only
+    max_retention: int = 8  # automatic retention only
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Counters:
     tokens_generated: int = 0
     chunks_failed: int = 0
     prompts_failed: int = 0
+    tokens_purged: int = 0
 
 
 @dataclass
@@ -81,6 +91,36 @@ class Batch:
     @property
     def tokens(self) -> int:
         return sum(len(r["outputIds"]) for g in self.groups for r in g["rollouts"])
+
+
+@dataclass
+class _Rates:
+    """Sums over the workers that are not draining, kept as they change: a share of Omega costs O(1)."""
+
+    active: int = 0
+    measured: int = 0
+    measured_sum: float = 0.0
+
+    def forget(self, state: WorkerState) -> None:
+        """`state` stops counting (it drains, goes, or its rate is about to change: then `add` follows)."""
+        if state.draining:
+            return
+        self.active -= 1
+        if state.tokens_per_second:
+            self.measured -= 1
+            self.measured_sum -= state.tokens_per_second
+
+    def add(self, state: WorkerState) -> None:
+        if state.draining:
+            return
+        self.active += 1
+        if state.tokens_per_second:
+            self.measured += 1
+            self.measured_sum += state.tokens_per_second
+
+
+def _auto(cfg: SchedulerConfig) -> AutoRetention | None:
+    return None if cfg.retention is not None else AutoRetention(cfg.max_purged_share, cfg.max_retention)
 
 
 def _ewma(old: float | None, new: float, weight: float = 0.3) -> float:
@@ -96,6 +136,7 @@ class Scheduler:
         self.rollouts: dict[int, Rollout] = {}  # P plus finished rollouts waiting for their group
         self.groups: dict[int, Group] = {}
         self.ready: list[int] = []  # Q: ids of whole, rewarded groups
+        self._ready: set[int] = set()  # the same, for membership
         self.requeue: deque[int] = deque()  # prompt indices of purged groups, admitted before new prompts
         self.requeued_once: set[int] = set()
         self.done: list[tuple[int, int]] = []  # DONE log: (prompt index, step it was trained in)
@@ -110,13 +151,21 @@ class Scheduler:
         self.next_id = 0
         self.lease_seq = 0
         self.workers: dict[str, WorkerState] = {}
+        self._rates = _Rates()
         self.counters = Counters()
+        self.index = PoolIndex()
+        self.auto_retention = _auto(cfg)
+        self.generated_at_publish = 0  # counters.tokens_generated at the last publish
         self.refill()
 
     # --- the inference pool ------------------------------------------------------------------------------
 
     def in_flight(self) -> list[Rollout]:
+        """The rollouts in P (a scan: for tests and once a step; `in_flight_count` is O(1))."""
         return [r for r in self.rollouts.values() if not r.finished]
+
+    def in_flight_count(self) -> int:
+        return self.index.unfinished
 
     def _budget_met(self) -> bool:
         return self.budget_used >= self.cfg.token_budget
@@ -128,7 +177,7 @@ class Scheduler:
 
     def refill(self) -> None:
         """Admit whole groups while P has room for all G samples of one more."""
-        while self._admission_open() and len(self.in_flight()) + self.cfg.group_size <= self.cfg.pool_capacity:
+        while self._admission_open() and self.index.unfinished + self.cfg.group_size <= self.cfg.pool_capacity:
             requeued = bool(self.requeue)
             index = self.requeue.popleft() if requeued else self.cursor
             if not requeued:
@@ -144,18 +193,27 @@ class Scheduler:
                 self.rollouts[rollout.id] = rollout
                 group.rollouts.append(rollout.id)
             self.groups[group.id] = group
+            self.index.admitted(group, (self.rollouts[i] for i in group.rollouts))
             self.next_id += 1
             self.admitted += 1
 
     # --- leases ----------------------------------------------------------------------------------------
 
     def _quota(self, worker: str) -> int:
-        """Rollouts a worker may hold at once: its throughput's share of Omega (equal shares until measured)."""
-        active = {w: s for w, s in self.workers.items() if not s.draining}
-        measured = [s.tokens_per_second for s in active.values() if s.tokens_per_second]
-        default = sum(measured) / len(measured) if measured else 1.0
-        rates = {w: s.tokens_per_second or default for w, s in active.items()}
-        return max(1, math.ceil(self.cfg.pool_capacity * rates[worker] / sum(rates.values())))
+        """Rollouts a worker may hold at once: its throughput's share of Omega (equal shares until measured; an
+        unmeasured worker counts as the mean measured one).
+        """
+        r = self._rates
+        default = r.measured_sum / r.measured if r.measured else 1.0
+        total = r.measured_sum + (r.active - r.measured) * default
+        return max(1, math.ceil(self.cfg.pool_capacity * (self.workers[worker].tokens_per_second or default) / total))
+
+    def _register(self, worker: str) -> WorkerState:
+        state = self.workers.get(worker)
+        if state is None:
+            state = self.workers[worker] = WorkerState()
+            self._rates.active += 1
+        return state
 
     def _closing(self) -> bool:
         """sigma > 0 and the budget is met with a whole group finished: generation stops for this step (the
@@ -163,27 +221,24 @@ class Scheduler:
         """
         if self.cfg.retention == 0 or not self._budget_met():
             return False
-        return any(all(self.rollouts[i].finished for i in g.rollouts) for g in self.groups.values())
+        return bool(self.index.finished_groups)
 
     def lease(self, worker: str, max_rollouts: int, now: float) -> list[ChunkRequest]:
         """Hand `worker` up to `max_rollouts` chunks (none while draining, while the step is closing, or while
         new weights are awaited).
         """
-        state = self.workers.setdefault(worker, WorkerState())
+        state = self._register(worker)
         if state.draining or self.awaiting_weights or max_rollouts <= 0 or self._closing():
             return []
-        held = sum(1 for r in self.rollouts.values() if r.lease and r.lease.worker == worker)
-        room = min(max_rollouts, self._quota(worker) - held)
+        room = min(max_rollouts, self._quota(worker) - self.index.held_by(worker))
         out: list[ChunkRequest] = []
         # least-advanced first, then oldest: every rollout in P advances a chunk per round, as in the paper's
         # "generate for every rollout in P in parallel", even when engines take fewer than Omega at once
-        for rollout in sorted(self.in_flight(), key=lambda r: (r.chunks, r.id)):
-            if len(out) >= room:
-                break
-            if rollout.lease is not None:
-                continue
+        while len(out) < room and (rollout_id := self.index.pop_next()) is not None:
+            rollout = self.rollouts[rollout_id]
             self.lease_seq += 1
             rollout.lease = Lease(f"{rollout.id}-{self.lease_seq}", worker, now + self.cfg.lease_seconds, now)
+            self.index.leased(rollout.id, worker, rollout.lease.id, rollout.lease.deadline)
             out.append(
                 ChunkRequest(
                     lease_id=rollout.lease.id,
@@ -229,7 +284,9 @@ class Scheduler:
             )
         if finish_reason is not None and finish_reason not in FINISH_REASONS:
             raise ValueError(f"finishReason must be one of {FINISH_REASONS} or null, got {finish_reason!r}")
-        rollout.lease = None
+        if rollout.versions and version < rollout.versions[-1]:  # versions[0] is then the oldest (publish)
+            raise ValueError(f"version {version} is older than the rollout's last chunk's ({rollout.versions[-1]})")
+        self._unlease(rollout)
         rollout.output_ids += new_ids
         rollout.logprobs += logprobs
         rollout.versions += [version] * len(new_ids)
@@ -240,16 +297,29 @@ class Scheduler:
         if finish_reason is not None:
             rollout.finish_reason = finish_reason
             rollout.finished_in_step = self.step
+            self.index.finished(rollout)
             self.budget_used += len(rollout.output_ids)
             self.refill()
+        else:
+            self.index.queue(rollout)
         return rollout
+
+    def _unlease(self, rollout: Rollout) -> None:
+        """Clear the rollout's lease (its result is in, or it goes back to the queue: the caller says which)."""
+        assert rollout.lease is not None
+        self.index.unleased(rollout.id, rollout.lease.worker)
+        rollout.lease = None
+
+    def _requeue(self, rollout: Rollout) -> None:
+        self._unlease(rollout)
+        self.index.queue(rollout)
 
     def release(self, worker: str, lease_id: str) -> bool:
         """A worker gives a lease back unfinished (engine error): its chunk returns to the queue."""
         rollout = self._find_lease(lease_id, worker)
         if rollout is None:
             return False
-        rollout.lease = None
+        self._requeue(rollout)
         self.counters.leases_requeued += 1
         return True
 
@@ -261,7 +331,7 @@ class Scheduler:
         rollout = self._find_lease(lease_id, worker)
         if rollout is None:
             return False
-        rollout.lease = None
+        self._requeue(rollout)
         rollout.failures += 1
         self.counters.chunks_failed += 1
         if rollout.failures < MAX_CHUNK_FAILURES:
@@ -279,40 +349,67 @@ class Scheduler:
     def _discard(self, group_id: int) -> Group:
         """Remove a group and its rollouts from P and Q; the tokens its rollouts added to this step's C go too."""
         group = self.groups.pop(group_id)
-        for rollout_id in group.rollouts:
-            rollout = self.rollouts.pop(rollout_id)
+        members = [self.rollouts.pop(i) for i in group.rollouts]
+        self.index.removed(group_id, members)
+        for rollout in members:
+            rollout.lease = None
             if rollout.finished_in_step == self.step:
                 self.budget_used -= len(rollout.output_ids)
-        if group_id in self.ready:
+        if group_id in self._ready:
+            self._ready.discard(group_id)
             self.ready.remove(group_id)
         return group
 
     def worker_lost(self, worker: str) -> int:
         """A worker died (missed heartbeats, pod gone): every lease it held returns to the queue."""
-        lost = [r for r in self.rollouts.values() if r.lease and r.lease.worker == worker]
+        lost = [self.rollouts[i] for i in sorted(self.index.held.get(worker, ()))]
         for rollout in lost:
-            rollout.lease = None
+            self._requeue(rollout)
         self.counters.leases_requeued += len(lost)
-        self.workers.pop(worker, None)
+        state = self.workers.pop(worker, None)
+        if state is not None:
+            self._rates.forget(state)
         return len(lost)
 
     def expire(self, now: float) -> int:
         """Leases past their deadline return to the queue (a stalled worker's late result is then refused)."""
-        expired = [r for r in self.rollouts.values() if r.lease and r.lease.deadline <= now]
-        for rollout in expired:
-            rollout.lease = None
-        self.counters.leases_requeued += len(expired)
-        return len(expired)
+        expired = 0
+        for lease_id, rollout_id in list(self.index.due(now)):
+            rollout = self.rollouts.get(rollout_id)
+            if rollout is not None and rollout.lease is not None and rollout.lease.id == lease_id:
+                self._requeue(rollout)
+                expired += 1
+        self.counters.leases_requeued += expired
+        return expired
 
     def record_throughput(self, worker: str, tokens: int, seconds: float) -> None:
         if seconds > 0 and tokens > 0:
-            state = self.workers.setdefault(worker, WorkerState())
+            state = self._register(worker)
+            self._rates.forget(state)
             state.tokens_per_second = _ewma(state.tokens_per_second, tokens / seconds)
+            self._rates.add(state)
+
+    def check_indexes(self) -> None:
+        """Raise AssertionError where an index disagrees with a scan of the pool or the workers (for tests)."""
+        self.index.check(self.rollouts, self.groups)
+        scan = _Rates()
+        for state in self.workers.values():
+            scan.add(state)
+        assert (scan.active, scan.measured) == (self._rates.active, self._rates.measured), (scan, self._rates)
+        assert math.isclose(scan.measured_sum, self._rates.measured_sum, rel_tol=1e-9, abs_tol=1e-6)
+        assert self._ready == set(self.ready)
+
+    def forget_workers(self) -> None:
+        """Forget every worker's state and throughput, as a restart does (leases are not touched)."""
+        self.workers, self._rates = {}, _Rates()
 
     def drain(self, worker: str) -> int:
         """Stop leasing to `worker`; returns how many leases it still holds (0 means it may be stopped)."""
-        self.workers.setdefault(worker, WorkerState()).draining = True
-        return sum(1 for r in self.rollouts.values() if r.lease and r.lease.worker == worker)
+        state = self._register(worker)
+        if not state.draining:
+            self._rates.forget(state)
+            state.draining = True
+        return self.index.held_by(worker)
 
     # --- rewards and the training pool ------------------------------------------------------------------
 
@@ -325,12 +422,15 @@ class Scheduler:
         rollout.scores = dict(scores or {})
         group = self.groups[rollout.group]
         members = [self.rollouts[i] for i in group.rollouts]
-        if all(r.finished and r.reward is not None for r in members) and group.id not in self.ready:
+        if all(r.finished and r.reward is not None for r in members) and group.id not in self._ready:
             self.ready.append(group.id)
+            self._ready.add(group.id)
 
     def _pending(self) -> bool:
-        """Rollouts still generating or waiting for a reward."""
-        return any(not r.finished or r.reward is None for r in self.rollouts.values() if r.group not in self.ready)
+        """Rollouts still generating or waiting for a reward: a group not in Q has one (a group enters Q as soon as
+        its last reward is in).
+        """
+        return len(self.groups) > len(self._ready)
 
     def step_ready(self) -> bool:
         if self.awaiting_weights or not self.ready:
@@ -352,6 +452,7 @@ class Scheduler:
             group = self.groups.pop(group_id)
             self.done.append((group.prompt_index, self.step))
             members = [self.rollouts.pop(i) for i in group.rollouts]
+            self.index.removed(group_id, members)
             groups.append(
                 {
                     "promptIndex": group.prompt_index,
@@ -371,7 +472,7 @@ class Scheduler:
                 }
             )
         batch = Batch(step=self.step, groups=groups)
-        self.ready = []
+        self.ready, self._ready = [], set()
         self.step += 1
         self.budget_used = 0
         self.admitted = 0
@@ -387,13 +488,22 @@ class Scheduler:
         carried = self.in_flight()
         for rollout in carried:
             rollout.age += 1
-        purge = {r.group for r in carried if r.age > self.cfg.retention}
-        # A rollout that finished between the step's close and this publish was not in flight above, yet its
-        # oldest token may be retention + 1 versions old by the next step: no trained token is older than sigma.
-        purge |= {
-            r.group for r in self.rollouts.values() if r.versions and version - min(r.versions) > self.cfg.retention
-        }
-        for group_id in sorted(purge):
+
+        def purge_set(sigma: int) -> set[int]:
+            groups = {r.group for r in carried if r.age > sigma}
+            # A rollout that finished between the step's close and this publish was not in flight above, yet its
+            # oldest token may be sigma + 1 versions old by the next step: no trained token is older than sigma.
+            return groups | {r.group for r in self.rollouts.values() if r.versions and version - r.versions[0] > sigma}
+
+        def purged_at(sigma: int) -> int:
+            return sum(len(self.rollouts[i].output_ids) for g in purge_set(sigma) for i in self.groups[g].rollouts)
+
+        generated = self.counters.tokens_generated - self.generated_at_publish
+        self.generated_at_publish = self.counters.tokens_generated
+        sigma = self.cfg.retention if self.auto_retention is None else self.auto_retention.choose(generated, purged_at)
+        assert sigma is not None
+        for group_id in sorted(purge_set(sigma)):
+            self.counters.tokens_purged += sum(len(self.rollouts[i].output_ids) for i in self.groups[group_id].rollouts)
             group = self._discard(group_id)
             self.counters.rollouts_purged += len(group.rollouts)
             if group.requeued or group.prompt_index in self.requeued_once:
@@ -406,6 +516,14 @@ class Scheduler:
         self.refill()
 
     # --- demand signal ---------------------------------------------------------------------------------
+
+    @property
+    def retention(self) -> int:
+        """sigma now: the fixed one, or the one automatic retention chose last (it applies at the next publish)."""
+        if self.auto_retention is not None:
+            return self.auto_retention.sigma
+        assert self.cfg.retention is not None
+        return self.cfg.retention
 
     def budget_fill(self) -> float:
         return self.budget_used / self.cfg.token_budget
@@ -443,6 +561,8 @@ class Scheduler:
             "nextId": self.next_id,
             "leaseSeq": self.lease_seq,
             "counters": self.counters.__dict__,
+            "autoRetention": self.auto_retention.state() if self.auto_retention else None,
+            "generatedAtPublish": self.generated_at_publish,
         }
 
     @classmethod
@@ -452,6 +572,7 @@ class Scheduler:
         self.rollouts = {r["id"]: Rollout.from_json(r) for r in state["rollouts"]}
         self.groups = {g["id"]: Group.from_json(g) for g in state["groups"]}
         self.ready = list(state["ready"])
+        self._ready = set(self.ready)
         self.requeue = deque(state["requeue"])
         self.requeued_once = set(state["requeuedOnce"])
         self.done = [(int(index), int(step)) for index, step in state["done"]]
@@ -461,6 +582,11 @@ class Scheduler:
         self.budget_used, self.admitted = state["budgetUsed"], state["admitted"]
         self.awaiting_weights = state["awaitingWeights"]
         self.next_id, self.lease_seq = state["nextId"], state["leaseSeq"]
-        self.workers = {}
+        self.workers, self._rates = {}, _Rates()
         self.counters = Counters(**state["counters"])
+        self.index = PoolIndex.rebuild(self.rollouts, self.groups)
+        self.auto_retention = _auto(cfg)
+        if self.auto_retention is not None and state.get("autoRetention"):
+            self.auto_retention.restore(state["autoRetention"])
+        self.generated_at_publish = int(state.get("generatedAtPublish", self.counters.tokens_generated))
         return self

@@ -68,7 +68,8 @@ def main() -> int:
     from kuberl_workers.trainer.resume import ResumeMismatch, agree_resume_step
     from kuberl_workers.trainer.server import serve
     from kuberl_workers.trainer.step import make_optimizer, train_step
-    from kuberl_workers.trainer.weights import load_checkpoint, newest_checkpoint, publish_weights, save_checkpoint
+    from kuberl_workers.trainer.strategy import StrategyOptions, make_strategy
+    from kuberl_workers.trainer.weights import publish_weights
 
     rank = int(os.environ.get(ENV_INDEX, "0"))
     world = cfg.scale.trainerReplicas
@@ -93,23 +94,23 @@ def main() -> int:
         "float16": torch.float16,
     }[cfg.model.dtype]
     directory = model_dir(cfg.model, cfg.seed)
-    if cfg.scale.trainerStrategy != "ddp":  # the API refuses it; a hand-written config may not
-        log.error("trainer.strategy: %s is not implemented by this trainer; use ddp", cfg.scale.trainerStrategy)
+    try:  # trainer/strategy.py: ddp, or fsdp2 (trainer/fsdp2.py)
+        options = StrategyOptions(rank, world, device, dtype, cfg.trainer.shardGroupSize)
+        strategy = make_strategy(cfg.scale.trainerStrategy, options)
+    except ValueError as error:  # the API refuses these; a hand-written config may not
+        log.error("%s", error)
         return 2
-    pretrained = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    pretrained = AutoModelForCausalLM.from_pretrained(directory, dtype=strategy.master_dtype())
     pad_id = int(pretrained.config.pad_token_id or pretrained.config.eos_token_id or 0)
-    model: torch.nn.Module = pretrained
-    model.to(device)
     if cfg.trainer.gradientCheckpointing:
         pretrained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pretrained.config.use_cache = False
-    # Gradients are averaged over the gang once per optimizer step (trainer/step.py), after accumulating over
-    # micro-batches: no DDP wrapper, whose per-backward all-reduce fights accumulation over uneven shards.
+    model: torch.nn.Module = strategy.prepare(pretrained)
     optimizer = make_optimizer(model, cfg.algorithm)
     reference: torch.nn.Module | None = None
     if cfg.algorithm.klCoef > 0:  # the frozen initial policy of the KL penalty; nothing is loaded without it
         frozen: torch.nn.Module = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-        reference = frozen.to(device).eval().requires_grad_(False)
+        reference = strategy.prepare(frozen.eval().requires_grad_(False), trainable=False)
 
     registry = CollectorRegistry()
     names = list(labels)
@@ -151,18 +152,20 @@ def main() -> int:
         return int(tensor.item())
 
     try:
-        step = agree_resume_step(functools.partial(newest_checkpoint, ckpt_dir), register, gang_min)
+        step = agree_resume_step(functools.partial(strategy.newest_checkpoint, ckpt_dir), register, gang_min)
     except ResumeMismatch as error:
         log.error("%s", error)
         return 1
-    if step > 0 and load_checkpoint(ckpt_dir, model, optimizer, max_step=step) != step:
+    if step > 0 and strategy.load_checkpoint(ckpt_dir, model, optimizer, max_step=step) != step:
         log.error("the checkpoint of step %d could not be loaded", step)
         return 1
-    log.info("rank %d/%d resumes at step %d", rank, world, step)
-    if rank == 0 and step > 0:
+    log.info("rank %d/%d resumes at step %d (%s)", rank, world, step, strategy.name)
+    if step > 0:
         # rollout engines may be told to load this version again (after a controller restart): make sure the
         # files exist even if they were pruned since
-        publish_weights(ckpt_dir, step, model, keep=cfg.checkpoint.keep + 1, source=Path(directory))
+        state = strategy.full_state(model)  # collective: every rank takes part in gathering
+        if rank == 0:
+            publish_weights(ckpt_dir, step, model, keep=cfg.checkpoint.keep + 1, source=Path(directory), state=state)
 
     beats = Heartbeats(controller, worker, cfg.fault.heartbeatSeconds, stall_seconds=cfg.fault.leaseSeconds)
     beats.start()
@@ -195,6 +198,7 @@ def main() -> int:
             max_tokens_per_micro_batch=cfg.trainer.maxTokensPerMicroBatch,
             reference=reference,
             progress=functools.partial(beats.progress, step),
+            strategy=strategy,
         )
         train_seconds.observe(stats.train_seconds)
         for name, value in (
@@ -211,13 +215,17 @@ def main() -> int:
             gauges[name].set(value)
         version = step + 1
         checkpointed = version % cfg.checkpoint.everySteps == 0 or version == cfg.algorithm.steps
+        began = time.perf_counter()
+        state = strategy.full_state(model)  # collective; the whole state on rank 0 only
+        if checkpointed:
+            strategy.save_checkpoint(ckpt_dir, version, model, optimizer, cfg.checkpoint.keep)  # collective
         if rank == 0:
-            began = time.perf_counter()
-            path, size = publish_weights(ckpt_dir, version, model, keep=cfg.checkpoint.keep + 1, source=Path(directory))
+            path, size = publish_weights(
+                ckpt_dir, version, model, keep=cfg.checkpoint.keep + 1, source=Path(directory), state=state
+            )
+            del state
             publish_seconds.observe(time.perf_counter() - began)
             gauges["weight_publish_bytes"].set(size)
-            if checkpointed:
-                save_checkpoint(ckpt_dir, version, model, optimizer, cfg.checkpoint.keep)
             uri = f"file://{path}" if cfg.checkpoint.shared else f"http://{host}:{cfg.ports.trainer}/weights/{version}"
             controller.call(
                 "POST",

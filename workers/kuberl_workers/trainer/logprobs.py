@@ -19,9 +19,31 @@ from torch.utils.checkpoint import checkpoint
 CHUNK_ROWS = 1024
 
 
+class LogprobModel(nn.Module):
+    """A causal LM whose forward is `completion_logprobs`: the module FSDP2 shards as its root (trainer/fsdp2.py).
+
+    FSDP2 gathers a unit's parameters in the unit's forward; the backbone and output head are called separately
+    here, so the embeddings, final norm and head (the root unit's parameters) are gathered only if the call goes
+    through a root module's forward: this one's.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor, mask: Tensor, temperature: float, entropy: list[Tensor] | None = None) -> Tensor:
+        return _completion_logprobs(self.model, ids, mask, temperature, entropy)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The Hugging Face model inside a DistributedDataParallel or LogprobModel wrapper (or the model itself)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        wrapped: nn.Module = model.module
+        return wrapped
+    if isinstance(model, LogprobModel):
+        inner: nn.Module = model.model
+        return inner
+    return model
 
 
 def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None]:
@@ -63,6 +85,15 @@ def completion_logprobs(
     the same temperature; no gradient) is appended to it as float32 [masked positions]. Raises TypeError for a
     model without a decoder/output-head split.
     """
+    if isinstance(model, LogprobModel):
+        out: Tensor = model(ids, mask, temperature, entropy)
+        return out
+    return _completion_logprobs(model, ids, mask, temperature, entropy)
+
+
+def _completion_logprobs(
+    model: nn.Module, ids: Tensor, mask: Tensor, temperature: float, entropy: list[Tensor] | None
+) -> Tensor:
     backbone, head, softcap = _parts(model)
     hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
     selected = mask.bool()
@@ -82,6 +113,10 @@ def completion_logprobs(
     out = torch.zeros(selected.shape, dtype=torch.float32, device=ids.device)
     if pieces:
         out = out.masked_scatter(selected, torch.cat(pieces))
+    elif torch.is_grad_enabled():
+        # no completion position (an empty micro-batch that pads a rank's share under fsdp2): a zero that still
+        # reaches every parameter, so that this rank's backward takes part in the gang's gradient collectives
+        out = out + head(hidden[:1, :1]).float().sum() * 0.0
     return out
 
 

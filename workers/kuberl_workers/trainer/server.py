@@ -11,6 +11,8 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from kuberl_workers.published import version_dir
+
 CHUNK = 1 << 20
 
 
@@ -34,7 +36,7 @@ def serve(
                     return
                 version = self.path.removeprefix("/weights/")
                 file = (
-                    weights_dir / f"weights-{int(version):08d}" / "model.safetensors"
+                    version_dir(weights_dir, int(version)) / "model.safetensors"
                     if (version.isascii() and version.isdigit())
                     else None
                 )

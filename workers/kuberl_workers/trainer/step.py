@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from kuberl_workers.config import AlgorithmConfig
 from kuberl_workers.trainer.logprobs import completion_logprobs, unwrap
 from kuberl_workers.trainer.loss import LossStats, group_advantages, icepop_grpo_loss
+from kuberl_workers.trainer.strategy import DDP, Strategy, StrategyOptions
 
 
 @dataclass
@@ -99,24 +99,6 @@ def to_tensors(seqs: list[Sequence], pad_id: int, device: torch.device) -> dict[
     return {k: v.to(device) for k, v in {"ids": ids, "mask": mask, "infer": infer, "advantages": advantages}.items()}
 
 
-def _all_reduce_gradients(model: nn.Module, world: int) -> None:
-    """Average gradients over the gang, once per optimizer step, in one flattened buffer per dtype."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:  # a rank whose shard of this mini-batch is empty still joins the all-reduce
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params if p.grad is not None]
-    for dtype in {g.dtype for g in grads}:
-        same = [g for g in grads if g.dtype == dtype]
-        flat = torch.cat([g.reshape(-1) for g in same])
-        dist.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for g in same:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-
 @dataclass
 class _Micro:
     tensors: dict[str, Tensor]
@@ -137,6 +119,7 @@ def train_step(
     max_tokens_per_micro_batch: int = 8192,
     reference: nn.Module | None = None,
     progress: Callable[[], None] | None = None,
+    strategy: Strategy | None = None,
 ) -> StepStats:
     """Train on `batch` ({"step", "groups"} from the controller): ppoEpochs x miniBatches optimizer steps.
 
@@ -146,9 +129,12 @@ def train_step(
     theta_old's logprobs come from one no-grad pass before the first update when there is more than one update
     (with one update they equal theta's, so no extra pass is made). `reference` (needed when klCoef > 0) is the
     frozen initial policy. `progress` is called after each micro-batch (the trainer heartbeats from it).
+    `strategy` (default: ddp) reduces the gradients and clips them; where its forward passes are collective
+    (fsdp2), every rank runs as many micro-batches per mini-batch as the busiest one, padding with empty ones.
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
+    strategy = strategy or DDP(StrategyOptions(rank, world, device, next(model.parameters()).dtype))
     groups = batch["groups"]
     minis = [groups[j :: algo.miniBatches] for j in range(algo.miniBatches)]
     minis = [m for m in minis if m]
@@ -158,6 +144,9 @@ def train_step(
         local = sequences(shard(mini, rank, world))
         micros = [_Micro(to_tensors(mb, pad_id, device)) for mb in micro_batches(local, max_tokens_per_micro_batch)]
         plans.append((sum(len(g["rollouts"]) for g in mini), micros))
+    needed = strategy.micro_batch_counts([len(micros) for _, micros in plans])
+    for (_, micros), count in zip(plans, needed, strict=True):
+        micros += [_Micro(_empty(pad_id, device)) for _ in range(count - len(micros))]
     use_ref = reference is not None and algo.klCoef > 0
     if updates > 1 or use_ref:
         with torch.no_grad():
@@ -203,9 +192,8 @@ def train_step(
                 n_micro += 1
                 if progress:
                     progress()
-            if world > 1:
-                _all_reduce_gradients(model, world)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), algo.maxGradNorm))
+            strategy.sync_gradients(model)
+            grad_norm = strategy.clip_grad_norm(model, algo.maxGradNorm)
             optimizer.step()
             if epoch == 0:
                 total = total.add(stats)  # statistics of the batch as sampled (before this step's updates)
@@ -227,6 +215,16 @@ def train_step(
         updates=updates,
         train_seconds=time.perf_counter() - start,
     )
+
+
+def _empty(pad_id: int, device: torch.device) -> dict[str, Tensor]:
+    """A micro-batch of one padding row with no completion token: its loss and gradient are zero, but its forward
+    and backward take part in the gang's collectives.
+    """
+    ids = torch.full((1, 2), pad_id, dtype=torch.long)
+    zeros = torch.zeros(1, 1)
+    tensors = {"ids": ids, "mask": zeros, "infer": zeros.clone(), "advantages": torch.zeros(1)}
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def make_optimizer(model: nn.Module, algo: AlgorithmConfig) -> torch.optim.Optimizer:

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from kuberl_workers import checkpoint
+from kuberl_workers.published import WEIGHTS_PREFIX, version_dir
 from kuberl_workers.trainer.logprobs import unwrap
 
 TRAINER_PREFIX = "trainer"
-WEIGHTS_PREFIX = "weights"
 # What a Hugging Face model directory holds besides the weights and config.json: the tokenizer (with its chat
 # template) and the generation settings. Copied from the source model into every published version, so that each
 # one is a complete model `from_pretrained`, `AutoTokenizer` and `vllm serve` load (`kuberl export` copies one).
@@ -93,20 +93,26 @@ def publishable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def publish_weights(
-    directory: Path, version: int, model: nn.Module, keep: int = 3, source: Path | None = None
+    directory: Path,
+    version: int,
+    model: nn.Module,
+    keep: int = 3,
+    source: Path | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Path, int]:
     """Write the policy for the rollout engines: `weights-<version>/` with `model.safetensors` and the model's
     `config.json` (a directory `from_pretrained` loads, tied weights tied again), plus the tokenizer and generation
     files of `source` (COMPANION_FILES; the model's own generation config where `source` has none), renamed into
-    place atomically; the newest `keep` versions are kept. Returns (directory, bytes of tensors).
+    place atomically; the newest `keep` versions are kept. Returns (directory, bytes of tensors). `state`: the
+    tensors to write when the caller gathered them (a sharded model's `Strategy.full_state`), else the model's.
     """
     from safetensors.torch import save_file
 
-    target = directory / f"{WEIGHTS_PREFIX}-{version:08d}"
+    target = version_dir(directory, version)
     staging = directory / f".{target.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    state = publishable_state(model)
+    state = publishable_state(model) if state is None else state
     save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
     config: Any = getattr(unwrap(model), "config", None)
     if config is not None:

@@ -1,0 +1,133 @@
+"""Indexes over the scheduler's inference pool, so that a lease, a completion and an expiry cost O(log n), not a scan.
+
+At cluster scale (Omega = 4096 rollouts in flight, 256 replicas) a scan of the pool per lease and per completion
+cost more than the step it schedules (docs/benchmarks.md). The scheduler keeps its rollouts and groups as before and
+tells this index every change; the index answers the questions the hot paths ask:
+
+- the next chunk to lease: the unleased, unfinished rollout with the fewest chunks, then the oldest (a binary heap
+  keyed by (chunks, id) with lazy deletion: a popped entry counts only if it is still the rollout's current key);
+- the leases a worker holds (a set per worker), and the leases past their deadline (a heap of deadlines, lazily
+  checked against the rollout's current lease);
+- how many rollouts are in flight, and whether some group has all its rollouts finished (counts per group).
+
+`check(rollouts, groups)` recomputes everything by scanning, for tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+
+from kuberl_workers.controller.state import Group, Rollout
+
+
+class PoolIndex:
+    def __init__(self) -> None:
+        self._todo_heap: list[tuple[int, int]] = []
+        self._todo: dict[int, tuple[int, int]] = {}  # rollout id -> its key in the heap, while it waits for a lease
+        self.held: dict[str, set[int]] = {}  # worker -> ids of the rollouts it holds a lease on
+        self._deadlines: list[tuple[float, str, int]] = []  # (deadline, lease id, rollout id)
+        self.unfinished = 0  # rollouts in flight (P)
+        self._left: dict[int, int] = {}  # group id -> its rollouts not finished yet
+        self.finished_groups: set[int] = set()  # groups whose rollouts have all finished
+
+    @classmethod
+    def rebuild(cls, rollouts: Mapping[int, Rollout], groups: Mapping[int, Group]) -> PoolIndex:
+        """The index of a restored pool (restored rollouts hold no lease)."""
+        index = cls()
+        for group in groups.values():
+            members = [rollouts[i] for i in group.rollouts]
+            index._left[group.id] = sum(1 for r in members if not r.finished)
+            index.unfinished += index._left[group.id]
+            if index._left[group.id] == 0:
+                index.finished_groups.add(group.id)
+            for rollout in members:
+                if not rollout.finished and rollout.lease is None:
+                    index.queue(rollout)
+        return index
+
+    # --- chunks waiting for a lease ------------------------------------------------------------------------
+
+    def queue(self, rollout: Rollout) -> None:
+        """`rollout` (unfinished, unleased) waits for its next chunk's lease."""
+        key = (rollout.chunks, rollout.id)
+        self._todo[rollout.id] = key
+        heapq.heappush(self._todo_heap, key)
+        if len(self._todo_heap) > 2 * len(self._todo) + 1024:  # bound the stale entries
+            self._todo_heap = sorted(self._todo.values())
+
+    def unqueue(self, rollout_id: int) -> None:
+        self._todo.pop(rollout_id, None)
+
+    def pop_next(self) -> int | None:
+        """The id of the least-advanced (then oldest) rollout waiting for a lease, removed from the queue."""
+        while self._todo_heap:
+            key = heapq.heappop(self._todo_heap)
+            if self._todo.get(key[1]) == key:
+                del self._todo[key[1]]
+                return key[1]
+        return None
+
+    def waiting(self) -> int:
+        return len(self._todo)
+
+    # --- leases ---------------------------------------------------------------------------------------------
+
+    def leased(self, rollout_id: int, worker: str, lease_id: str, deadline: float) -> None:
+        self.held.setdefault(worker, set()).add(rollout_id)
+        heapq.heappush(self._deadlines, (deadline, lease_id, rollout_id))
+
+    def unleased(self, rollout_id: int, worker: str) -> None:
+        held = self.held.get(worker)
+        if held is not None:
+            held.discard(rollout_id)
+            if not held:
+                del self.held[worker]
+
+    def held_by(self, worker: str) -> int:
+        return len(self.held.get(worker, ()))
+
+    def due(self, now: float) -> Iterable[tuple[str, int]]:
+        """(lease id, rollout id) of every lease entry whose deadline is <= now, removed; the caller checks that
+        it is still the rollout's current lease.
+        """
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, lease_id, rollout_id = heapq.heappop(self._deadlines)
+            yield lease_id, rollout_id
+
+    # --- groups and rollouts ----------------------------------------------------------------------------------
+
+    def admitted(self, group: Group, rollouts: Iterable[Rollout]) -> None:
+        self._left[group.id] = len(group.rollouts)
+        self.unfinished += len(group.rollouts)
+        for rollout in rollouts:
+            self.queue(rollout)
+
+    def finished(self, rollout: Rollout) -> None:
+        """`rollout` (just completed, lease cleared) has finished."""
+        self.unfinished -= 1
+        self._left[rollout.group] -= 1
+        if self._left[rollout.group] == 0:
+            self.finished_groups.add(rollout.group)
+
+    def removed(self, group_id: int, rollouts: Iterable[Rollout]) -> None:
+        """A group left the pool (trained, purged or dropped) with these rollouts."""
+        for rollout in rollouts:
+            self.unqueue(rollout.id)
+            if rollout.lease is not None:
+                self.unleased(rollout.id, rollout.lease.worker)
+        self.unfinished -= self._left.pop(group_id, 0)
+        self.finished_groups.discard(group_id)
+
+    def check(self, rollouts: Mapping[int, Rollout], groups: Mapping[int, Group]) -> None:
+        """Raise AssertionError where the index disagrees with a scan of the pool (for tests)."""
+        waiting = sorted((r.chunks, r.id) for r in rollouts.values() if not r.finished and r.lease is None)
+        assert sorted(self._todo.values()) == waiting, (sorted(self._todo.values()), waiting)
+        holders: dict[str, set[int]] = {}
+        for rollout in rollouts.values():
+            if rollout.lease is not None:
+                holders.setdefault(rollout.lease.worker, set()).add(rollout.id)
+        assert self.held == holders, (self.held, holders)
+        assert self.unfinished == sum(1 for r in rollouts.values() if not r.finished)
+        done = {g.id for g in groups.values() if all(rollouts[i].finished for i in g.rollouts)}
+        assert self.finished_groups == done, (self.finished_groups, done)
