@@ -13,8 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from support.localrun import metrics_steps, pid_of, processes_of, wait_step
 from support.specs import fault_drill_job
-from test_local_run import _pid, _processes_of, _steps, _wait_step
 
 STEPS = 6
 JOB = fault_drill_job("sharded", STEPS, model={"builtin": "tiny", "dtype": "float32"}, checkpoint={})
@@ -29,15 +29,15 @@ def test_a_two_rank_fsdp2_gang_trains_checkpoints_and_survives_a_killed_rank(tmp
     command = [sys.executable, "-m", "kuberl_operator.cli", "run", str(job), "--run-dir", str(run_dir)]
     proc = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:
-        _wait_step(run_dir, proc, 3, log, timeout=300)  # past the checkpoint of step 2
-        os.kill(_pid(run_dir, "sharded-trainer-1"), signal.SIGKILL)  # one rank dies: the whole gang restarts
+        wait_step(run_dir, proc, 3, log, timeout=300)  # past the checkpoint of step 2
+        os.kill(pid_of(run_dir, "sharded-trainer-1"), signal.SIGKILL)  # one rank dies: the whole gang restarts
         assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()
     output = log.read_text()
     assert "GangRestarted: sharded-trainer-1" in output, output[-4000:]
-    assert _steps(run_dir)[-1] == STEPS
+    assert metrics_steps(run_dir)[-1] == STEPS
     checkpoints = run_dir / "checkpoints"
     shards = sorted(p.name for p in (checkpoints / f"trainer-{STEPS:08d}.dcp").iterdir())
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shards
@@ -51,4 +51,4 @@ def test_a_two_rank_fsdp2_gang_trains_checkpoints_and_survives_a_killed_rank(tmp
     tensors = load_file(str(published / "model.safetensors"))
     assert set(tensors) == set(state)  # the tiny model's head is not tied: every tensor, each gathered whole
     assert all(torch.equal(state[k], v) for k, v in tensors.items())
-    assert _processes_of(run_dir) == []
+    assert processes_of(run_dir) == []

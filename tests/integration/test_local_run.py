@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from support.ledger import assert_every_prompt_trained_once
-from support.net import http_get
+from support.localrun import metrics_steps, pid_of, processes_of, wait_step
 from support.specs import fault_drill_job
 from support.tfevents import scalars
 
@@ -36,86 +35,30 @@ def _start(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen[bytes
     )
 
 
-def _steps(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _controller_step(run_dir: Path) -> int | None:
-    """The controller's own step counter, read through its API with the run's token."""
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-        code, body = http_get(
-            f"http://127.0.0.2:{cfg['ports']['controller']}/v1/status",
-            (run_dir / "token").read_text().strip(),
-            timeout=2,
-        )
-        return int(json.loads(body)["policyVersion"]) if code == 200 else None
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _wait_step(
-    run_dir: Path,
-    proc: subprocess.Popen[bytes],
-    step: int,
-    log: Path,
-    timeout: float = 240,
-    seen: list[int] | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        observed = _controller_step(run_dir)
-        if seen is not None and observed is not None:
-            seen.append(observed)
-        if max(_steps(run_dir), default=-1) >= step:
-            return
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.3)
-    raise AssertionError(f"step {step} not reached:\n{log.read_text()[-3000:]}")
-
-
-def _pid(run_dir: Path, name: str) -> int:
-    return int(json.loads((run_dir / "pids.json").read_text())[name])
-
-
-def _processes_of(run_dir: Path) -> list[int]:
-    marker = f"=/{run_dir.relative_to('/')}/config.json".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def test_kills_are_survived_and_every_prompt_trained_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     log = tmp_path / "run.log"
     proc = _start(tmp_path, run_dir)
     seen: list[int] = []
     try:
-        _wait_step(run_dir, proc, 2, log, seen=seen)
-        os.kill(_pid(run_dir, "faults-rollout-0"), signal.SIGKILL)
-        _wait_step(run_dir, proc, 5, log, seen=seen)
-        os.kill(_pid(run_dir, "faults-trainer-0"), signal.SIGKILL)
-        _wait_step(run_dir, proc, 8, log, seen=seen)
+        wait_step(run_dir, proc, 2, log, seen=seen)
+        os.kill(pid_of(run_dir, "faults-rollout-0"), signal.SIGKILL)
+        wait_step(run_dir, proc, 5, log, seen=seen)
+        os.kill(pid_of(run_dir, "faults-trainer-0"), signal.SIGKILL)
+        wait_step(run_dir, proc, 8, log, seen=seen)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
     output = log.read_text()
     assert "PodRecreated: faults-rollout-0" in output and "GangRestarted: faults-trainer-0" in output
-    steps = _steps(run_dir)
+    steps = metrics_steps(run_dir)
     assert steps[-1] == 8
     drops = [a - b for a, b in itertools.pairwise(seen) if b < a]
     assert all(drop <= 2 for drop in drops), seen  # never back by more than checkpoint.everySteps
     assert_every_prompt_trained_once(run_dir / "checkpoints")
     assert (run_dir / "progress.png").stat().st_size > 1000
-    assert _processes_of(run_dir) == []
+    assert processes_of(run_dir) == []
     final = next(line for line in output.splitlines() if line.strip().startswith("final model"))
     assert final.split()[2:] == [f"{run_dir}/checkpoints/weights-00000008", "(kuberl", "export", str(run_dir), "OUT)"]
     board = scalars(run_dir / "checkpoints" / "tensorboard")  # the controller's event files, across restarts
@@ -151,21 +94,21 @@ def test_interrupt_stops_everything_and_resume_continues(tmp_path: Path, sig: si
     log = tmp_path / "run.log"
     proc = _start(tmp_path, run_dir)
     try:
-        _wait_step(run_dir, proc, 3, log)
-        children = _processes_of(run_dir)
+        wait_step(run_dir, proc, 3, log)
+        children = processes_of(run_dir)
         assert len(children) >= 3  # controller, trainer, rollout (and their helpers)
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert _processes_of(run_dir) == [], "orphan processes after Ctrl-C"
+    assert processes_of(run_dir) == [], "orphan processes after Ctrl-C"
     assert f"resume with `kuberl run {tmp_path / 'job.yaml'} --resume --run-dir {run_dir}`" in log.read_text()
-    before = _steps(run_dir)
+    before = metrics_steps(run_dir)
     resumed = _start(tmp_path, run_dir, "--resume")
     assert resumed.wait(timeout=300) == 0, log.read_text()[-3000:]
-    assert _steps(run_dir) == list(range(1, 9)), before  # each step once: re-trained steps replaced their rows
+    assert metrics_steps(run_dir) == list(range(1, 9)), before  # each step once: re-trained steps replaced their rows
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     resumed_at = [r["step"] for r in rows if r.get("afterRestart")]
     assert len(resumed_at) == 1 and resumed_at[0] <= max(before) + 1 and rows[resumed_at[0] - 1]["stepSeconds"] is None
-    assert _processes_of(run_dir) == []
+    assert processes_of(run_dir) == []
