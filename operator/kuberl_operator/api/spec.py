@@ -212,7 +212,7 @@ class C3POSpec(ApiModel):
     Unset (the default): automatic. sigma starts at 1; at each publish it rises (up to maxRetention) while the
     purge it would cause brings the tokens purged over the last 4 steps above maxPurgedTokenShare of those
     generated, and falls by one after 4 publishes at which one less would have purged nothing. A fixed sigma
-    too small for the job's completion lengths purges whole groups (docs/benchmarks.md: 67% of the tokens)."""
+    too small for the job's completion lengths purges whole groups (docs/benchmarks.md: 71% of the tokens)."""
     maxPurgedTokenShare: float | None = Field(None, gt=0.0, lt=1.0)
     """Automatic retention only: the share of generated tokens purges may waste over 4 steps; default 0.05."""
     maxRetention: int | None = Field(None, ge=1, le=1000)

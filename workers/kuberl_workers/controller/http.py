@@ -148,6 +148,8 @@ async def register(request: web.Request) -> web.Response:
     }
     if body.role == "trainer":
         reply["resumeStep"] = c.trainer_resume_step(body.step)
+    else:
+        reply["weightsSources"] = c.weight_sources(body.worker)
     return web.json_response(reply)
 
 
@@ -172,6 +174,7 @@ async def lease(request: web.Request) -> web.Response:
             f"worker serves version {body.version}; load version {c.scheduler.version} first",
             version=c.scheduler.version,
             weightsUri=c.weights_uri,
+            weightsSources=c.weight_sources(body.worker),
         )
     return web.json_response({"chunks": c.lease(body.worker, body.maxRollouts), "complete": c.complete})
 

@@ -15,6 +15,7 @@ from kuberl_workers.config import WorkerConfig
 from kuberl_workers.controller.dataset import PromptSet
 from kuberl_workers.controller.evaluation import Evaluator
 from kuberl_workers.controller.metrics import ControllerMetrics
+from kuberl_workers.controller.relay import RelayTree
 from kuberl_workers.controller.reporting import Reporters
 from kuberl_workers.controller.rewards import RewardFn, RewardInput, RewardSet
 from kuberl_workers.controller.samples import SampleLog, pick
@@ -69,6 +70,8 @@ class Controller:
         )
         self.checkpoint_dir = Path(cfg.checkpoint.dir)
         self.weights_uri = ""
+        rollout_port = cfg.ports.rollout
+        self.relay = RelayTree(relay_url=lambda address, version: f"http://{address}:{rollout_port}/weights/{version}")
         self.history: list[dict[str, Any]] = []  # one entry per trained step, for the launcher's metrics
         self.scheduler = self._restore() or Scheduler(self.sched_cfg, self.prompts)
         self.peers: dict[str, Peer] = {}
@@ -145,6 +148,19 @@ class Controller:
             if requeued:
                 log.warning("worker %s registered again: %d leases of its last run requeued", worker, requeued)
         return self.seen(worker, role, version, address)
+
+    def weight_sources(self, worker: str) -> list[str]:
+        """Where rollout `worker` fetches the current version: its relay ancestors, then the trainer
+        (controller/relay.py); just `weights_uri` when that is a file on a shared volume or the base model.
+        """
+        if not self.weights_uri.startswith("http"):
+            return [self.weights_uri]
+
+        def address_of(name: str) -> str | None:
+            peer = self.peers.get(name)
+            return peer.address if peer is not None and peer.role == "rollout" and peer.address else None
+
+        return self.relay.sources(worker, self.scheduler.version, self.weights_uri, address_of)
 
     def alive(self, role: str) -> int:
         return sum(1 for p in self.peers.values() if p.role == role)

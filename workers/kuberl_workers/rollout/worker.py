@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from kuberl_workers.config import WorkerConfig
 from kuberl_workers.models import model_dir
 from kuberl_workers.rollout.engine import Chunk, Engine, Generated
+from kuberl_workers.rollout.relay import Relay
 
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 0.2
@@ -34,8 +35,10 @@ class RolloutWorker:
         self.cfg, self.name, self.host = cfg, name, host
         self.url = controller_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.relay = Relay()  # serves the versions it fetches to the engines below it (controller/relay.py)
         self.engine: Engine | None = None
         self.version = 0
+        self.weights_source = ""  # where the last version came from (a relay parent, trainer rank 0, a file)
         self.load_failures = 0
         self.draining = False
         self.done = False
@@ -83,7 +86,9 @@ class RolloutWorker:
 
     # --- weights -----------------------------------------------------------------------------------------
 
-    async def _load(self, session: aiohttp.ClientSession, version: int, uri: str) -> None:
+    async def _load(
+        self, session: aiohttp.ClientSession, version: int, uri: str, sources: list[str] | None = None
+    ) -> None:
         assert self.engine is not None
         parsed = urlparse(uri)
         if not uri:  # version 0: the controller started over (a gang that lost its checkpoints), so does the engine
@@ -99,15 +104,12 @@ class RolloutWorker:
                     f"weights of version {version}: {path} did not appear within {FILE_WAIT_POLLS // 2}s"
                 )
             await asyncio.to_thread(self.engine.load_weights, path, version)
-        else:
-            with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
-                target = Path(tmp) / "model.safetensors"
-                async with session.get(uri, headers=self.headers) as response:
-                    response.raise_for_status()
-                    with target.open("wb") as handle:
-                        async for block in response.content.iter_chunked(1 << 20):
-                            handle.write(block)
-                await asyncio.to_thread(self.engine.load_weights, target, version)
+        else:  # over HTTP: from an engine above this one in the relay tree, else from trainer rank 0
+            began = time.perf_counter()
+            target, source = await self.relay.fetch(session, version, sources or [uri], self.headers)
+            self.weights_source = source
+            log.info("fetched weights v%d from %s in %.2fs", version, source, time.perf_counter() - began)
+            await asyncio.to_thread(self.engine.load_weights, target, version)
         self.version = version
         self.m_version.set(version)
         self.m_load_seconds.set(self.engine.weight_load_seconds)
@@ -119,13 +121,15 @@ class RolloutWorker:
             self.engine.weight_load_bytes,
         )
 
-    async def _follow(self, session: aiohttp.ClientSession, version: int, uri: str) -> None:
+    async def _follow(
+        self, session: aiohttp.ClientSession, version: int, uri: str, sources: list[str] | None = None
+    ) -> None:
         """Load the version the controller names; a version whose weights cannot be had (its trainer gone with its
         files, e.g. before the controller starts over) is not fatal: the next lease names what to load now. Exits
         (raises) only after MAX_LOAD_FAILURES in a row.
         """
         try:
-            await self._load(session, version, uri)
+            await self._load(session, version, uri, sources)
             self.load_failures = 0
         except (OSError, aiohttp.ClientError, TimeoutError) as error:
             self.load_failures += 1
@@ -174,8 +178,15 @@ class RolloutWorker:
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+        async def weights(request: web.Request) -> web.StreamResponse:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, self.headers["Authorization"].encode()):
+                return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+            return await self.relay.serve(request)
+
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/weights/{version}", weights)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.host, self.cfg.ports.rollout).start()
@@ -201,7 +212,7 @@ class RolloutWorker:
                     session, "/v1/workers/register", {"worker": self.name, "role": "rollout", "address": self.host}
                 )
                 if reply["version"] > 0:
-                    await self._follow(session, reply["version"], reply["weightsUri"])
+                    await self._follow(session, reply["version"], reply["weightsUri"], reply.get("weightsSources"))
                 beats = asyncio.create_task(self._heartbeats(session))
                 while not self.done:
                     if self.draining:
@@ -217,7 +228,7 @@ class RolloutWorker:
                         },
                     )
                     if status == 409:
-                        await self._follow(session, reply["version"], reply["weightsUri"])
+                        await self._follow(session, reply["version"], reply["weightsUri"], reply.get("weightsSources"))
                         continue
                     self.done = bool(reply["complete"])
                     chunks = reply["chunks"]
@@ -264,4 +275,5 @@ class RolloutWorker:
                 beats.cancel()
         finally:
             await runner.cleanup()
+            self.relay.close()
         return 0

@@ -1,0 +1,149 @@
+"""A rollout engine's side of the weight relay (controller/relay.py): fetch a version from the first source that
+works, and serve it to the engines below while it still arrives.
+
+A version is one `model.safetensors` file. `fetch` streams it from a source (an engine above this one, or trainer
+rank 0) into a file in the relay folder, 1 MiB at a time; `serve` answers `GET /weights/<version>` from that
+file, sending what has arrived and waiting for more, so that a chain of engines moves the model in about the time
+of one transfer. A source that fails midway (a parent engine gone) costs only a restart from the next source. The
+newest complete version and the one arriving are kept; older files are deleted.
+
+Errors: `fetch` raises OSError (after every source failed, naming each failure); `serve` answers 404 for a version
+it has not got, and cuts the connection (the child then falls back) when its own download fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+BLOCK = 1 << 20
+APPEAR_SECONDS = 30.0
+"""How long a request for a version this engine has not started to fetch waits for it: the controller places an
+engine below another only after that one asked for the version, so its fetch is about to begin."""
+
+
+@dataclass
+class _Version:
+    path: Path
+    total: int | None = None  # bytes, once the source's Content-Length is known
+    written: int = 0
+    done: bool = False
+    failed: bool = False
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+class Relay:
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="kuberl-relay-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.versions: dict[int, _Version] = {}
+        self.appeared = asyncio.Condition()  # a fetch began
+        self.served_bytes = 0  # to engines below this one, over the process's life
+
+    async def fetch(
+        self, session: aiohttp.ClientSession, version: int, sources: list[str], headers: dict[str, str]
+    ) -> tuple[Path, str]:
+        """Download `version` from the first of `sources` that delivers it whole; returns (file, source used)."""
+        failures: list[str] = []
+        for source in sources:
+            entry = _Version(self.folder / f"weights-{version:08d}-{len(failures)}.safetensors")
+            async with self.appeared:
+                self.versions[version] = entry
+                self.appeared.notify_all()
+            try:
+                await self._download(session, source, headers, entry)
+            except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as error:
+                failures.append(f"{source}: {error}")
+                await self._finish(entry, failed=True)
+                entry.path.unlink(missing_ok=True)
+                log.warning("weights v%d from %s failed (%s); trying the next source", version, source, error)
+                continue
+            await self._finish(entry, failed=False)
+            self._prune(keep=version)
+            return entry.path, source
+        self.versions.pop(version, None)
+        raise OSError(f"weights of version {version}: every source failed: {'; '.join(failures)}")
+
+    async def _download(
+        self, session: aiohttp.ClientSession, source: str, headers: dict[str, str], entry: _Version
+    ) -> None:
+        async with session.get(source, headers=headers) as response:
+            response.raise_for_status()
+            if response.content_length is None:
+                raise ValueError("no Content-Length")
+            async with entry.changed:
+                entry.total = response.content_length
+                entry.changed.notify_all()
+            with entry.path.open("wb") as handle:
+                async for block in response.content.iter_chunked(BLOCK):
+                    handle.write(block)
+                    handle.flush()  # readers open the file by name and read up to `written`
+                    async with entry.changed:
+                        entry.written += len(block)
+                        entry.changed.notify_all()
+            if entry.written != entry.total:
+                raise ValueError(f"got {entry.written} of {entry.total} bytes")
+
+    async def _finish(self, entry: _Version, failed: bool) -> None:
+        async with entry.changed:
+            entry.done, entry.failed = True, failed
+            entry.changed.notify_all()
+
+    def _prune(self, keep: int) -> None:
+        for version in [v for v in self.versions if v < keep]:
+            self.versions.pop(version).path.unlink(missing_ok=True)
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        """GET /weights/<version>: the file as it arrives (Content-Length: the whole file)."""
+        name = request.match_info["version"]
+        if not name.isdigit():
+            return web.json_response({"error": f"no such version {name!r}"}, status=404)
+        version = int(name)
+        if version not in self.versions and version > max(self.versions, default=0):
+            try:
+                async with self.appeared:
+                    await asyncio.wait_for(self.appeared.wait_for(lambda: version in self.versions), APPEAR_SECONDS)
+            except TimeoutError:
+                pass
+        entry = self.versions.get(version)
+        if entry is None or entry.failed:
+            return web.json_response({"error": f"this engine has no weights of version {name}"}, status=404)
+        async with entry.changed:
+            await entry.changed.wait_for(lambda: entry.total is not None or entry.done)
+        if entry.failed or entry.total is None:
+            return web.json_response({"error": f"weights of version {name} failed here"}, status=503)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = entry.total
+        await response.prepare(request)
+        sent = 0
+        with entry.path.open("rb") as handle:
+            while sent < entry.total:
+                async with entry.changed:
+                    await entry.changed.wait_for(functools.partial(_arrived, entry, sent))
+                if entry.failed:
+                    raise ConnectionResetError("the upstream transfer failed")  # the child falls back
+                block = handle.read(min(BLOCK, entry.written - sent))
+                if not block:
+                    continue
+                await response.write(block)
+                sent += len(block)
+                self.served_bytes += len(block)
+        await response.write_eof()
+        return response
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _arrived(entry: _Version, sent: int) -> bool:
+    """More bytes than `sent` are in the file, or the download ended."""
+    return entry.written > sent or entry.done
