@@ -27,12 +27,26 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kuberl_workers.controller.pool_index import PoolIndex
 from kuberl_workers.controller.retention import AutoRetention
-from kuberl_workers.controller.state import FINISH_REASONS, ChunkRequest, Group, Lease, Rollout
+from kuberl_workers.controller.state import (
+    FINISH_REASONS,
+    Batch,
+    ChunkRequest,
+    Counters,
+    Group,
+    Lease,
+    Rollout,
+    SchedulerConfig,
+    WorkerRates,
+    WorkerState,
+    ewma,
+)
+
+# The scheduler's value types live in state.py; importers of this module get them here too.
+__all__ = ["MAX_CHUNK_FAILURES", "Batch", "PromptSource", "Scheduler", "SchedulerConfig", "WorkerState"]
 
 MAX_CHUNK_FAILURES = 3
 """A rollout whose chunk fails this many times (alone, on any worker) fails the same way again: its group is
@@ -43,88 +57,8 @@ PromptSource = Callable[[int], tuple[list[int], str] | None]
 """prompt index -> (prompt token ids, reference answer), or None to skip that prompt (too long)."""
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    token_budget: int
-    retention: int | None  # None: automatic (controller/retention.py), between 1 and max_retention
-    pool_capacity: int
-    chunk_tokens: int
-    group_size: int
-    prompts_per_step: int
-    max_new_tokens: int
-    lease_seconds: float
-    seed: int = 0
-    max_purged_share: float = 0.05  # automatic retention only
-    max_retention: int = 8  # automatic retention only
-
-
-@dataclass
-class WorkerState:
-    """What the scheduler knows of one rollout worker."""
-
-    tokens_per_second: float | None = None
-    draining: bool = False
-
-
-@dataclass
-class Counters:
-    """Monotonic event counts, exported as metrics."""
-
-    leases_requeued: int = 0
-    leases_rejected: int = 0
-    rollouts_purged: int = 0
-    prompts_requeued: int = 0
-    prompts_dropped: int = 0
-    tokens_generated: int = 0
-    chunks_failed: int = 0
-    prompts_failed: int = 0
-    tokens_purged: int = 0
-
-
-@dataclass
-class Batch:
-    """One training step's data: whole groups, each rollout with per-token logprobs and versions."""
-
-    step: int
-    groups: list[dict[str, Any]]
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(r["outputIds"]) for g in self.groups for r in g["rollouts"])
-
-
-@dataclass
-class _Rates:
-    """Sums over the workers that are not draining, kept as they change: a share of Omega costs O(1)."""
-
-    active: int = 0
-    measured: int = 0
-    measured_sum: float = 0.0
-
-    def forget(self, state: WorkerState) -> None:
-        """`state` stops counting (it drains, goes, or its rate is about to change: then `add` follows)."""
-        if state.draining:
-            return
-        self.active -= 1
-        if state.tokens_per_second:
-            self.measured -= 1
-            self.measured_sum -= state.tokens_per_second
-
-    def add(self, state: WorkerState) -> None:
-        if state.draining:
-            return
-        self.active += 1
-        if state.tokens_per_second:
-            self.measured += 1
-            self.measured_sum += state.tokens_per_second
-
-
 def _auto(cfg: SchedulerConfig) -> AutoRetention | None:
     return None if cfg.retention is not None else AutoRetention(cfg.max_purged_share, cfg.max_retention)
-
-
-def _ewma(old: float | None, new: float, weight: float = 0.3) -> float:
-    return new if old is None else (1 - weight) * old + weight * new
 
 
 class Scheduler:
@@ -151,7 +85,7 @@ class Scheduler:
         self.next_id = 0
         self.lease_seq = 0
         self.workers: dict[str, WorkerState] = {}
-        self._rates = _Rates()
+        self._rates = WorkerRates()
         self.counters = Counters()
         self.index = PoolIndex()
         self.auto_retention = _auto(cfg)
@@ -386,13 +320,13 @@ class Scheduler:
         if seconds > 0 and tokens > 0:
             state = self._register(worker)
             self._rates.forget(state)
-            state.tokens_per_second = _ewma(state.tokens_per_second, tokens / seconds)
+            state.tokens_per_second = ewma(state.tokens_per_second, tokens / seconds)
             self._rates.add(state)
 
     def check_indexes(self) -> None:
         """Raise AssertionError where an index disagrees with a scan of the pool or the workers (for tests)."""
         self.index.check(self.rollouts, self.groups)
-        scan = _Rates()
+        scan = WorkerRates()
         for state in self.workers.values():
             scan.add(state)
         assert (scan.active, scan.measured) == (self._rates.active, self._rates.measured), (scan, self._rates)
@@ -401,7 +335,7 @@ class Scheduler:
 
     def forget_workers(self) -> None:
         """Forget every worker's state and throughput, as a restart does (leases are not touched)."""
-        self.workers, self._rates = {}, _Rates()
+        self.workers, self._rates = {}, WorkerRates()
 
     def drain(self, worker: str) -> int:
         """Stop leasing to `worker`; returns how many leases it still holds (0 means it may be stopped)."""
@@ -582,7 +516,7 @@ class Scheduler:
         self.budget_used, self.admitted = state["budgetUsed"], state["admitted"]
         self.awaiting_weights = state["awaitingWeights"]
         self.next_id, self.lease_seq = state["nextId"], state["leaseSeq"]
-        self.workers, self._rates = {}, _Rates()
+        self.workers, self._rates = {}, WorkerRates()
         self.counters = Counters(**state["counters"])
         self.index = PoolIndex.rebuild(self.rollouts, self.groups)
         self.auto_retention = _auto(cfg)

@@ -1,4 +1,6 @@
-"""The controller's data: rollouts with per-token logprobs and versions, GRPO groups, leases, trained batches."""
+"""The controller's data: rollouts with per-token logprobs and versions, GRPO groups, leases, trained batches, and the
+scheduler's config, per-worker state and counters.
+"""
 
 from __future__ import annotations
 
@@ -98,3 +100,83 @@ class ChunkRequest:
             "version": self.version,
             "seed": self.seed,
         }
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    token_budget: int
+    retention: int | None  # None: automatic (controller/retention.py), between 1 and max_retention
+    pool_capacity: int
+    chunk_tokens: int
+    group_size: int
+    prompts_per_step: int
+    max_new_tokens: int
+    lease_seconds: float
+    seed: int = 0
+    max_purged_share: float = 0.05  # automatic retention only
+    max_retention: int = 8  # automatic retention only
+
+
+@dataclass
+class WorkerState:
+    """What the scheduler knows of one rollout worker."""
+
+    tokens_per_second: float | None = None
+    draining: bool = False
+
+
+@dataclass
+class Counters:
+    """Monotonic event counts, exported as metrics."""
+
+    leases_requeued: int = 0
+    leases_rejected: int = 0
+    rollouts_purged: int = 0
+    prompts_requeued: int = 0
+    prompts_dropped: int = 0
+    tokens_generated: int = 0
+    chunks_failed: int = 0
+    prompts_failed: int = 0
+    tokens_purged: int = 0
+
+
+@dataclass
+class Batch:
+    """One training step's data: whole groups, each rollout with per-token logprobs and versions."""
+
+    step: int
+    groups: list[dict[str, Any]]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r["outputIds"]) for g in self.groups for r in g["rollouts"])
+
+
+@dataclass
+class WorkerRates:
+    """Sums over the workers that are not draining, kept as they change: a share of Omega costs O(1)."""
+
+    active: int = 0
+    measured: int = 0
+    measured_sum: float = 0.0
+
+    def forget(self, state: WorkerState) -> None:
+        """`state` stops counting (it drains, goes, or its rate is about to change: then `add` follows)."""
+        if state.draining:
+            return
+        self.active -= 1
+        if state.tokens_per_second:
+            self.measured -= 1
+            self.measured_sum -= state.tokens_per_second
+
+    def add(self, state: WorkerState) -> None:
+        if state.draining:
+            return
+        self.active += 1
+        if state.tokens_per_second:
+            self.measured += 1
+            self.measured_sum += state.tokens_per_second
+
+
+def ewma(old: float | None, new: float, weight: float = 0.3) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
