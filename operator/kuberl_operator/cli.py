@@ -154,10 +154,10 @@ def _export(args: argparse.Namespace) -> int:
 
     source = Path(args.source)
     try:
-        if source.exists() or "/" in args.source or not NAME.match(args.source):
-            out = export(source, Path(args.out), args.step)
+        if "/" not in args.source and NAME.match(args.source) and (args.namespace or not source.exists()):
+            out = _export_job(args)  # an RLJob's name (-n says so even where a folder of that name exists)
         else:
-            out = _export_job(args)
+            out = export(source, Path(args.out), args.step)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -184,10 +184,10 @@ def _export_job(args: argparse.Namespace) -> Path:
             info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
         except (OSError, ValueError, kopf.LoginError) as error:
             raise ExportError(
-                f"{args.source}: no such directory, and the kubeconfig cannot be read: {error}"
+                f"RLJob {args.source}: the kubeconfig cannot be read ({error}); give a local run directory as a path"
             ) from error
         if info is None:
-            raise ExportError(f"{args.source}: no such directory, and no kubeconfig to look for an RLJob of that name")
+            raise ExportError(f"RLJob {args.source}: no kubeconfig (and no in-cluster service account) to find it in")
         namespace = args.namespace or info.default_namespace or "default"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -201,6 +201,11 @@ def _export_job(args: argparse.Namespace) -> Path:
                     args.image or DEFAULT_WORKER_IMAGE,
                     args.timeout,
                 )
+            except aiohttp.ClientConnectorError as error:  # its str() shows the SSL context object
+                where = f"{error.host}:{error.port}"
+                raise ExportError(
+                    f"RLJob {namespace}/{args.source}: cannot reach the API server {where}: {error.os_error}"
+                ) from error
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                 raise ExportError(f"RLJob {namespace}/{args.source}: {error}") from error
 
@@ -334,12 +339,15 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument(
         "source",
         metavar="RUN_DIR|JOB",
-        help="a `kuberl run` directory or a checkpoint directory; otherwise the name of an RLJob (kubeconfig), whose "
-        "checkpoint volume an export pod reads (RBAC: pods create/get/delete, pods/proxy get)",
+        help="a `kuberl run` directory, a checkpoint directory or one weights-<step> directory; otherwise (or with -n) "
+        "the name of an RLJob (kubeconfig), whose checkpoint volume an export pod reads (RBAC: rljobs get, pods "
+        "create/get/delete, pods/proxy get)",
     )
     export.add_argument("out", metavar="OUT", help="the new model directory (must not exist, or be empty)")
     export.add_argument("--step", type=int, help="the policy version (training step) to export; default: the newest")
-    export.add_argument("-n", "--namespace", help="the RLJob's namespace (default: the kubeconfig context's)")
+    export.add_argument(
+        "-n", "--namespace", help="the RLJob's namespace (default: the kubeconfig context's); SOURCE is then a job"
+    )
     export.add_argument("--image", help="export pod image when spec.image is unset (default: the release image)")
     export.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the export pod to be Ready")
     export.set_defaults(func=_export)

@@ -59,6 +59,7 @@ INVALID: list[tuple[str, dict[str, Any], set[str]]] = [
         {"spec.faultTolerance.restartBackoffSeconds"},
     ),
     ("shard-group-without-fsdp2", {"spec.trainer.shardGroupSize": 1}, {"spec.trainer.shardGroupSize"}),
+    ("shard-group-zero", {"spec.trainer": {"strategy": "fsdp2", "shardGroupSize": 0}}, {"spec.trainer.shardGroupSize"}),
     (
         "shard-group-does-not-divide",
         {"spec.trainer": {"strategy": "fsdp2", "replicas": 3, "shardGroupSize": 2}},

@@ -64,14 +64,18 @@ def test_the_newest_version_by_default_and_a_chosen_one(tmp_path: Path) -> None:
 
 def test_errors_name_what_is_missing_and_nothing_is_overwritten(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    with pytest.raises(ExportError, match="no such directory"):
+        export(run, tmp_path / "out")
+    (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(ExportError, match="no published weights"):
         export(run, tmp_path / "out")
-    _version(run / "checkpoints", 2)
+    second = _version(run / "checkpoints", 2)
     _version(run / "checkpoints", 3, complete=False)
     with pytest.raises(ExportError, match="published steps: 2, 3"):
         export(run, tmp_path / "out", step=7)
-    with pytest.raises(ExportError, match=r"lacks model\.safetensors"):
+    with pytest.raises(ExportError, match=r"lacks model\.safetensors; complete versions: \[2\] \(--step N\)"):
         export(run, tmp_path / "out")
+    assert export(second, tmp_path / "named").name == "named"  # the version directory the run summary names
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "mine.txt").write_text("a user's file")
@@ -203,12 +207,16 @@ def test_kuberl_export_reads_a_name_as_a_job_and_a_path_as_a_run(tmp_path: Path,
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-config"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1  # a path: the local export
+    result_env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-such-config")}
     result = subprocess.run(
         [sys.executable, "-m", "kuberl_operator.cli", "export", "my-job", str(tmp_path / "out")],
         capture_output=True,
         text=True,
-        env={**os.environ, "KUBECONFIG": str(tmp_path / "no-such-config")},
+        env=result_env,
         cwd=tmp_path,
     )
     assert result.returncode == 1, result.stderr
     assert "my-job" in result.stderr and "kubeconfig" in result.stderr.lower()
+    (tmp_path / "my-job").mkdir()  # a folder of that name: -n still means the cluster job
+    named = subprocess.run([*result.args, "-n", "team"], capture_output=True, text=True, env=result_env, cwd=tmp_path)
+    assert named.returncode == 1 and "RLJob my-job: the kubeconfig cannot be read" in named.stderr

@@ -146,3 +146,34 @@ def test_an_engine_whose_parent_is_gone_or_breaks_off_falls_back_to_the_trainer(
     assert gone_source.endswith("/weights/2") and "127.0.0.1:9" not in gone_source
     assert cut_source.endswith("/weights/3") and cut_path.read_bytes() == payload
     assert not gone_path.exists()
+
+
+def test_an_engine_source_that_broke_off_once_is_tried_again_before_the_trainer(tmp_path: Path) -> None:
+    """A parent whose own upstream failed fetches again and serves the new copy: its children re-attach to it
+    (they try an engine source twice) instead of the whole subtree falling back to rank 0."""
+    payload = os.urandom(1 << 20)
+    calls: list[int] = []
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        calls.append(1)
+        response = web.StreamResponse()
+        response.content_length = len(payload)
+        await response.prepare(request)
+        if len(calls) == 1:
+            await response.write(payload[:1000])
+            raise ConnectionResetError("the parent's upstream broke off")
+        await response.write(payload)
+        return response
+
+    async def go() -> tuple[Path, str]:
+        parent, parent_url = await _app({"/weights/{version}": flaky})
+        try:
+            async with aiohttp.ClientSession() as session:
+                return await Relay(tmp_path / "child").fetch(
+                    session, 5, [f"{parent_url}/weights/5", "http://127.0.0.1:9/weights/5"], {}
+                )
+        finally:
+            await parent.cleanup()
+
+    path, source = asyncio.run(go())
+    assert "127.0.0.1:9" not in source and path.read_bytes() == payload and len(calls) == 2

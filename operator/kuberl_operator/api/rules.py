@@ -170,8 +170,8 @@ def rule_problems(cls: type[ApiModel], raw: Any, prefix: str = "") -> list[tuple
             continue
         try:
             message = rule.check(view)
-        except (TypeError, AttributeError, ValueError):
-            continue  # an input of the wrong type is reported by type validation
+        except (TypeError, AttributeError, ValueError, ArithmeticError):
+            continue  # an input of the wrong type (or out of its bounds) is reported by type validation
         if message:
             path = ".".join(p for p in (prefix, rule.field) if p)
             problems.append((path, message))

@@ -261,7 +261,9 @@ class TrainerSpec(ApiModel):
     shardGroupSize: int | None = Field(None, ge=1, le=4096)
     """fsdp2 only: ranks that shard one copy of the model (e.g. the GPUs of a node); copies are replicated across
     the replicas / shardGroupSize groups, so inter-group links carry only the gradient all-reduce (hybrid
-    sharding, as in PaRO). Must divide replicas. Unset: one group of all ranks (full sharding)."""
+    sharding, as in PaRO). Must divide replicas. Consecutive ranks form a group (ranks 0..g-1, g..2g-1, ...);
+    kuberl does not place a group's pods on one node: use the trainer template's affinity or topology spread for
+    that. Unset: one group of all ranks (full sharding)."""
     maxTokensPerMicroBatch: int = Field(8192, ge=16, le=100_000_000)
     """Padded tokens (sequences x longest sequence) in one forward/backward pass; gradients accumulate over the
     micro-batches of an optimizer step and equal the one-batch gradient. Sequences are length-sorted first;
@@ -282,11 +284,14 @@ class TrainerSpec(ApiModel):
             ),
         ),
         Rule(
-            cel="!has(self.shardGroupSize) || self.replicas % self.shardGroupSize == 0",
+            # below 1 is the bound's error alone (and no modulo by zero)
+            cel="!has(self.shardGroupSize) || self.shardGroupSize < 1 || self.replicas % self.shardGroupSize == 0",
             message="must divide replicas",
             field="shardGroupSize",
             check=lambda m: (
-                "must divide replicas" if m.shardGroupSize is not None and m.replicas % m.shardGroupSize else None
+                "must divide replicas"
+                if m.shardGroupSize is not None and m.shardGroupSize >= 1 and m.replicas % m.shardGroupSize
+                else None
             ),
         ),
         Rule(

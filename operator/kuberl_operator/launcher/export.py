@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kuberl_workers.published import missing_files, published_versions
+from kuberl_workers.published import VERSION_DIR, missing_files, published_versions
 
 
 class ExportError(ValueError):
@@ -36,7 +36,13 @@ def export(source: Path, out: Path, step: int | None = None) -> Path:
 
     Raises ExportError naming what is missing (the versions there are, or the files a version lacks).
     """
+    if not source.is_dir():
+        raise ExportError(
+            f"{source}: no such directory (a `kuberl run` directory, a checkpoint directory, or one version)"
+        )
     versions = published_versions(source)
+    if (m := VERSION_DIR.match(source.name)) and step in (None, int(m[1])):  # the version the run summary named
+        versions = {int(m[1]): source}
     if not versions:
         raise ExportError(f"{source}: no published weights (weights-<step>/ under it or under its checkpoints/)")
     chosen = max(versions) if step is None else step
@@ -46,7 +52,9 @@ def export(source: Path, out: Path, step: int | None = None) -> Path:
     version = versions[chosen]
     missing = missing_files(version)
     if missing:
-        raise ExportError(f"{version}: lacks {', '.join(missing)}")
+        whole = [v for v, path in versions.items() if not missing_files(path)]
+        hint = f"; complete versions: {whole} (--step N)" if whole else ""
+        raise ExportError(f"{version}: lacks {', '.join(missing)}{hint}")
     check_out(out)
     staging = out.with_name(f".{out.name}.export")
     shutil.rmtree(staging, ignore_errors=True)

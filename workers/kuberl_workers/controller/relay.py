@@ -6,7 +6,8 @@ engines, ~450 GB through one pod per step, and a sync time that grows with the p
 for a version are placed, in the order they ask, in a tree whose root is the trainer: the trainer serves the first
 FANOUT engines, each engine serves the next FANOUT, and so on. An engine serves a version while it still
 downloads it (rollout/relay.py streams from the growing file), so the time of a sync is about one transfer plus a
-per-hop latency: flat as the pool grows, the trainer sends the model FANOUT times per version at most.
+per-hop latency: flat as the pool grows, and the trainer sends the model FANOUT times per version while no engine
+fails (an engine that dies midway sends its subtree to their next sources).
 
 The pool is elastic, so the tree is only a preference: an engine is given its ancestors (nearest first) that are
 still alive, then the trainer; it falls back along that list when a source fails or is gone. A joining engine just

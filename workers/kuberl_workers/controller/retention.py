@@ -1,7 +1,7 @@
 """Automatic C3PO++ retention (c3po.retention unset): sigma sized by the waste a purge would cause, not by hand.
 
 A fixed sigma below what the job's completion lengths need purges whole groups every step (docs/benchmarks.md:
-sigma=1 wasted 67% of the generated tokens on a long tail), and one far above it trains staler tokens than needed.
+sigma=1 wasted 71% of the generated tokens on a long tail), and one far above it trains staler tokens than needed.
 At each publish the scheduler asks `choose` which sigma to purge with, giving the tokens generated since the last
 publish and a function that says how many tokens a purge at a given sigma would discard:
 

@@ -4,8 +4,10 @@ works, and serve it to the engines below while it still arrives.
 A version is one `model.safetensors` file. `fetch` streams it from a source (an engine above this one, or trainer
 rank 0) into a file in the relay folder, 1 MiB at a time; `serve` answers `GET /weights/<version>` from that
 file, sending what has arrived and waiting for more, so that a chain of engines moves the model in about the time
-of one transfer. A source that fails midway (a parent engine gone) costs only a restart from the next source. The
-newest complete version and the one arriving are kept; older files are deleted.
+of one transfer. A source that fails midway (a parent engine gone) costs a restart from the next source; an engine
+source is tried twice, so the children of an engine whose own source broke off re-attach to it once it fetches
+again. A source that sends nothing for STALL_SECONDS has failed. The newest complete version and the one arriving
+are kept; older files are deleted.
 
 Errors: `fetch` raises OSError (after every source failed, naming each failure); `serve` answers 404 for a version
 it has not got, and cuts the connection (the child then falls back) when its own download fails.
@@ -26,6 +28,10 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 BLOCK = 1 << 20
+STALL_SECONDS = 120.0
+"""A source that sends nothing for this long has failed (no cap on a whole transfer: a large model on a slow link may
+take longer than any fixed total)."""
+RETRY_PAUSE = 0.5
 APPEAR_SECONDS = 30.0
 """How long a request for a version this engine has not started to fetch waits for it: the controller places an
 engine below another only after that one asked for the version, so its fetch is about to begin."""
@@ -54,7 +60,12 @@ class Relay:
     ) -> tuple[Path, str]:
         """Download `version` from the first of `sources` that delivers it whole; returns (file, source used)."""
         failures: list[str] = []
-        for source in sources:
+        # an engine above this one gets a second try: when its own source broke off it fetches again from the next
+        # one and serves that copy, so its subtree re-attaches to it instead of all falling back to rank 0
+        attempts = [s for source in sources[:-1] for s in (source, source)] + sources[-1:]
+        for attempt, source in enumerate(attempts):
+            if failures and attempt and attempts[attempt - 1] == source:
+                await asyncio.sleep(RETRY_PAUSE)
             entry = _Version(self.folder / f"weights-{version:08d}-{len(failures)}.safetensors")
             async with self.appeared:
                 self.versions[version] = entry
@@ -76,7 +87,8 @@ class Relay:
     async def _download(
         self, session: aiohttp.ClientSession, source: str, headers: dict[str, str], entry: _Version
     ) -> None:
-        async with session.get(source, headers=headers) as response:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=STALL_SECONDS)
+        async with session.get(source, headers=headers, timeout=timeout) as response:
             response.raise_for_status()
             if response.content_length is None:
                 raise ValueError("no Content-Length")
