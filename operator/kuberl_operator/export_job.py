@@ -34,6 +34,7 @@ from kuberl_workers.config import ENV_EXPORT_TOKEN, ENV_POD_IP
 EXPORT_PORT = 8470
 DEADLINE_SECONDS = 3600  # the pod's activeDeadlineSeconds: the longest an export may take
 IDLE_SECONDS = 300  # the server exits after this long without a request
+ENV_EXPORT_ROOT = "KUBERL_EXPORT_ROOT"
 TOKEN_HEADER = "X-Kuberl-Token"  # kuberl_workers.export.server.TOKEN_HEADER (the operator does not import it)
 REPORT_EVERY = 10.0
 
@@ -58,10 +59,13 @@ def build_export_pod(job: RLJob, uid: str, name: str, image: str = DEFAULT_WORKE
         "image": job.spec.image or image,
         "command": ["python", "-m", "kuberl_workers.export"],
         "args": [
-            *("--root", CHECKPOINT_DIR, "--host", f"$({ENV_POD_IP})"),
+            *("--root", f"$({ENV_EXPORT_ROOT})", "--host", f"$({ENV_POD_IP})"),
             *("--port", str(EXPORT_PORT), "--idle-seconds", str(IDLE_SECONDS)),
         ],
-        "env": [{"name": ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "env": [
+            {"name": ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": ENV_EXPORT_ROOT, "value": CHECKPOINT_DIR},  # where the claim is mounted
+        ],
         "ports": [{"name": "export", "containerPort": EXPORT_PORT}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": EXPORT_PORT}, "periodSeconds": 2},
         "volumeMounts": [{"name": "checkpoints", "mountPath": CHECKPOINT_DIR, "readOnly": True}],

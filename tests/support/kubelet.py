@@ -11,7 +11,7 @@ What it stands in for, and how (named so that no one mistakes it for a real node
   emulated by rewriting `*.svc` host names in env values to the address of the pod they resolve to;
 - volumes: configMaps and secrets are written out, emptyDirs are per-pod folders, a persistentVolumeClaim is a
   folder per claim shared by all pods; mount paths in env values and in mounted configMap files are rewritten to
-  those folders (no chroot), and so are they in the command and args;
+  those folders (no chroot), and so are they where `$(VAR)` brings such an env value into the command or args;
 - probes: the readinessProbe's httpGet (or tcpSocket) is polled every `period` seconds instead of its periodSeconds;
 - nodes (with `register_nodes`, on a real API server): a Node object per name, Ready, with its Lease in
   kube-node-lease renewed every 10 s, so that the controller-manager neither force-deletes the pods bound to it
@@ -205,7 +205,6 @@ class TestKubelet:
             env[item["name"]] = await self._resolve(kube, _rewrite(value, mounts))
         # the kubelet expands `$(VAR)` in command and args from the container's env (unknown ones stay as they are)
         words = [VARIABLE.sub(lambda m: env.get(m[1], m[0]), w) for w in main["command"] + main.get("args", [])]
-        words = [_rewrite(w, mounts) for w in words]  # a path under a mount, as the process would see it
         command = [sys.executable if part == "python" else part for part in words]
         log = pod_dir / "container.log"
         process = subprocess.Popen(
