@@ -29,13 +29,13 @@ from kuberl_operator.builders import CHECKPOINT_DIR, DEFAULT_WORKER_IMAGE, Manif
 from kuberl_operator.kube import ApiError, Kube, path
 from kuberl_operator.launcher.export import ExportError, check_out
 from kuberl_operator.pods import start_problem
-from kuberl_workers.config import ENV_EXPORT_TOKEN, ENV_POD_IP
+from kuberl_workers.config import ENV_EXPORT_TOKEN, ENV_POD_IP, EXPORT_TOKEN_HEADER
 
 EXPORT_PORT = 8470
 DEADLINE_SECONDS = 3600  # the pod's activeDeadlineSeconds: the longest an export may take
 IDLE_SECONDS = 300  # the server exits after this long without a request
 ENV_EXPORT_ROOT = "KUBERL_EXPORT_ROOT"
-TOKEN_HEADER = "X-Kuberl-Token"  # kuberl_workers.export.server.TOKEN_HEADER (the operator does not import it)
+TOKEN_HEADER = EXPORT_TOKEN_HEADER
 REPORT_EVERY = 10.0
 
 

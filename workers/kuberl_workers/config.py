@@ -76,6 +76,8 @@ ENV_REWARD_PORT: Final = "KUBERL_REWARD_PORT"
 """The port a reward server (spec.rewardServer) listens on; `$(KUBERL_REWARD_PORT)` in its command or args."""
 ENV_EXPORT_TOKEN: Final = "KUBERL_EXPORT_TOKEN"
 """The export pod's one-time token (`kuberl export JOB`), required on every request but /healthz."""
+EXPORT_TOKEN_HEADER: Final = "X-Kuberl-Token"
+"""The header carrying it (the API server's pod proxy consumes `Authorization`)."""
 
 
 def reward_auth_env(name: str) -> str:

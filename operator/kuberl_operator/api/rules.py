@@ -95,6 +95,16 @@ def needs(field: str, needed: str) -> Rule:
     )
 
 
+def only_without(field: str, other: str, why: str) -> Rule:
+    """`field` may be set only while `other` is unset (`why` is the message)."""
+    return Rule(
+        cel=f"!has(self.{other}) || !has(self.{field})",
+        message=why,
+        field=field,
+        check=lambda m: why if getattr(m, other) is not None and getattr(m, field) is not None else None,
+    )
+
+
 class ApiModel(BaseModel):
     """Base of every API model: unknown fields refused, `rules` checked after validation.
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from kuberl_operator.api.podpolicy import PodTemplate
 from kuberl_operator.api.reward import RewardFunctionSpec, RewardServerSpec
-from kuberl_operator.api.rules import ApiModel, Rule, ordered
+from kuberl_operator.api.rules import ApiModel, Rule, only_without, ordered
 from kuberl_operator.api.rules import needs as _needs
 from kuberl_operator.api.rules import stays_inside as _stays_inside
 from kuberl_workers.catalog import BUILTIN_CONTEXT
@@ -223,27 +223,9 @@ class C3POSpec(ApiModel):
     chunkTokens: int = Field(64, ge=1, le=131072)
     """New tokens per generation request; budget checks and version switches happen at chunk boundaries."""
 
-    rules = (
-        Rule(
-            cel="!has(self.retention) || !has(self.maxPurgedTokenShare)",
-            message="applies only to automatic retention (leave retention unset)",
-            field="maxPurgedTokenShare",
-            check=lambda m: (
-                "applies only to automatic retention (leave retention unset)"
-                if m.retention is not None and m.maxPurgedTokenShare is not None
-                else None
-            ),
-        ),
-        Rule(
-            cel="!has(self.retention) || !has(self.maxRetention)",
-            message="applies only to automatic retention (leave retention unset)",
-            field="maxRetention",
-            check=lambda m: (
-                "applies only to automatic retention (leave retention unset)"
-                if m.retention is not None and m.maxRetention is not None
-                else None
-            ),
-        ),
+    rules = tuple(
+        only_without(field, "retention", "applies only to automatic retention (leave retention unset)")
+        for field in ("maxPurgedTokenShare", "maxRetention")
     )
 
 

@@ -21,10 +21,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from kuberl_workers.config import EXPORT_TOKEN_HEADER
 from kuberl_workers.published import missing_files, published_versions
 
 log = logging.getLogger(__name__)
-TOKEN_HEADER = "X-Kuberl-Token"
+TOKEN_HEADER = EXPORT_TOKEN_HEADER
 
 
 def listing(root: Path) -> dict[str, dict[str, object]]:

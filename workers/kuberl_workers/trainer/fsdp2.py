@@ -41,10 +41,11 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from kuberl_workers import checkpoint
 from kuberl_workers.trainer.logprobs import LogprobModel, unwrap
 from kuberl_workers.trainer.strategy import Strategy, StrategyOptions
+from kuberl_workers.trainer.weights import TRAINER_PREFIX
 
-PREFIX = "trainer"
 SUFFIX = ".dcp"
 
 
@@ -149,14 +150,9 @@ class FSDP2(Strategy):
 
 
 def _path(directory: Path, step: int) -> Path:
-    return directory / f"{PREFIX}-{step:08d}{SUFFIX}"
+    return checkpoint.step_path(directory, TRAINER_PREFIX, step, SUFFIX)
 
 
 def _complete(directory: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete DCP checkpoints, newest first."""
-    found = []
-    for path in directory.glob(f"{PREFIX}-*{SUFFIX}"):
-        number = path.name.removeprefix(f"{PREFIX}-").removesuffix(SUFFIX)
-        if number.isdigit() and (path / ".metadata").is_file():
-            found.append((int(number), path))
-    return sorted(found, reverse=True)
+    """(step, path) of the complete DCP checkpoints (DCP writes `.metadata` last), newest first."""
+    return [(s, p) for s, p in checkpoint.candidates(directory, TRAINER_PREFIX, SUFFIX) if (p / ".metadata").is_file()]
