@@ -86,6 +86,7 @@ chaos: $(STAMP)
 BENCHES := c3po c3po_real elastic recovery weight_sync operator_scale baselines trainer_real
 bench: $(STAMP) $(TOOLS)
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
+	@echo "== bench.c3po_real --model smollm2"; $(BIN)/python -m bench.c3po_real --model smollm2
 
 bench-quick: $(STAMP) $(TOOLS)
 	@for b in $(BENCHES); do echo "== bench.$$b --quick"; $(BIN)/python -m bench.$$b --quick --out /tmp/kuberl-bench-quick || exit 1; done

@@ -115,8 +115,9 @@ class SimResult:
     calls: list[tuple[float, float]]  # every generate call (start, end) that overlaps the window
     purged: int
     dropped: int
-    scheduler_seconds: float  # wall time inside the real Scheduler's methods over the whole run
-    total_steps: int
+    scheduler_seconds: float  # wall time inside the real Scheduler's methods over the measured steps
+    total_steps: int  # the measured steps
+    chunks: int = 0  # chunk results handed to the Scheduler over the measured steps
 
     def summary(self) -> dict[str, Any]:
         steps = len(self.closes)
@@ -145,6 +146,9 @@ class SimResult:
             "purged": self.purged,
             "dropped": self.dropped,
             "scheduler_ms_per_step": self.scheduler_seconds / self.total_steps * 1e3,
+            "chunks_per_step": self.chunks / self.total_steps,
+            # every chunk is one lease and one completion; rewards, refills and the publish are shared among them
+            "scheduler_us_per_chunk": self.scheduler_seconds / max(self.chunks, 1) * 1e6,
         }
 
 
@@ -186,7 +190,7 @@ def simulate(
     def pool_tokens() -> int:
         # tokens held by rollouts in the scheduler (in flight or waiting for their group); a publish removes only
         # purged rollouts and adds empty ones, so the drop across it is exactly the purged tokens
-        return sum(len(r.output_ids) for r in sched.rollouts.values())
+        return sum(r.length for r in sched.rollouts.values())
 
     in_scheduler = 0.0  # wall time inside the Scheduler's own methods (the simulation's bookkeeping excluded)
 
@@ -199,6 +203,7 @@ def simulate(
             in_scheduler += time.perf_counter() - clock
 
     payload_seconds = [0.0] * replicas
+    chunks_done = 0
     while len(starts) <= warmup + steps:
         measuring = len(starts) > warmup  # the step now running is a measured one
         if not sched.awaiting_weights:
@@ -212,8 +217,8 @@ def simulate(
                 for chunk in chunks:
                     leased = sched.rollouts[chunk.rollout_id]
                     target = workload.length(sched.groups[leased.group].prompt_index, leased.sample, cfg.group_size)
-                    n = min(chunk.max_tokens, target - len(chunk.output_ids))
-                    plan.append((chunk, n, len(chunk.output_ids) + n >= target))
+                    n = min(chunk.max_tokens, target - chunk.output_len)
+                    plan.append((chunk, n, chunk.output_len + n >= target))
                 seq += 1
                 end = now + engine.call_seconds([n for _, n, _ in plan])
                 calls.append((now, end))
@@ -229,6 +234,7 @@ def simulate(
             if len(starts) == warmup + 1:  # the measurement starts here: drop what came before
                 calls = [c for c in calls if c[1] > now]
                 purged, dropped = sched.counters.rollouts_purged, sched.counters.prompts_dropped
+                in_scheduler = 0.0  # over the measured steps too (the warm-up holds the first fill of Omega)
             elif len(starts) > warmup + 1:
                 wasted += held - pool_tokens()
             continue
@@ -240,6 +246,7 @@ def simulate(
             rollout = timed(sched.complete, names[replica], chunk.lease_id, new_ids, logprobs, finish, chunk.version)
             if measuring:
                 wasted += n if rollout is None else 0  # a late result for a purged rollout, rejected
+                chunks_done += 1
             if rollout is not None and rollout.finished:
                 timed(sched.rewarded, rollout.id, 0.0)
         if timed(sched.step_ready):
@@ -262,5 +269,6 @@ def simulate(
         sched.counters.rollouts_purged - purged,
         sched.counters.prompts_dropped - dropped,
         in_scheduler,
-        warmup + steps,
+        steps,
+        chunks_done,
     )

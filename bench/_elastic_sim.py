@@ -118,8 +118,8 @@ def simulate(w: Workload, fixed: int | None, seed: int = 0) -> dict[str, Any]:
                 key = (sched.groups[rollout.group].prompt_index, rollout.sample)
                 if key not in lengths:  # long-tailed completion lengths, as LLM answers are
                     lengths[key] = min(w.max_new, max(1, int(rng.lognormvariate(4.8, 0.8))))
-                n = min(chunk.max_tokens, lengths[key] - len(chunk.output_ids))
-                results.append((chunk, n, "stop" if len(chunk.output_ids) + n >= lengths[key] else None))
+                n = min(chunk.max_tokens, lengths[key] - chunk.output_len)
+                results.append((chunk, n, "stop" if chunk.output_len + n >= lengths[key] else None))
             tokens = sum(n for _, n, _ in results)
             busy.add(worker)
             push(now + tokens / w.rate(sched.step), "done", (worker, results, tokens / w.rate(sched.step)))
@@ -135,7 +135,7 @@ def simulate(w: Workload, fixed: int | None, seed: int = 0) -> dict[str, Any]:
                 rollout = sched.complete(worker, chunk.lease_id, [5] * n, [-0.5] * n, finish, chunk.version)
                 tokens += n
                 if rollout is not None and rollout.finished:
-                    sched.rewarded(rollout.id, float(len(rollout.output_ids) % 2))
+                    sched.rewarded(rollout.id, float(rollout.length % 2))
             if worker in sched.workers or worker in active:
                 sched.record_throughput(worker, tokens, seconds)
             if sched.step_ready():

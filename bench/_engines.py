@@ -134,7 +134,7 @@ def _serve(
             if op == "load":
                 # from a relay, (uri, sources, version): the version the tree is keyed by, as the controller's is
                 uri, sources, version = arg if isinstance(arg, tuple) else (arg, None, version + 1)
-                run(worker._load(session, version, uri, sources))
+                run(worker._load(version, uri, sources))
                 reply = {
                     "wall": time.perf_counter() - began,
                     "source": worker.weights_source,

@@ -204,6 +204,8 @@ def scheduler_rows(bench: Bench, replica_counts: list[int], omega_rollouts: int)
                 "replicas": replicas,
                 "Omega (rollouts)": omega_rollouts,
                 "scheduler ms/step": summary["scheduler_ms_per_step"],
+                "chunks/step": round(summary["chunks_per_step"]),
+                "scheduler us/chunk": summary["scheduler_us_per_chunk"],
                 "simulated step s": summary["step_s"],
                 "scheduler share of the step": summary["scheduler_ms_per_step"] / 1e3 / summary["step_s"],
             }

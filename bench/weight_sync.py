@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import _links
 from bench._engines import Host, load_all, one_thread_per_process, scratch
 from bench.common import arguments, stopwatch, summary, write
 
@@ -40,6 +41,9 @@ RELAY_ENGINES = [1, 2, 4, 8]
 RELAY_MAX_HIDDEN = 512  # local engine processes for the relay's scaling (CopyEngine: the transport, not vLLM)
 DIRECT = "load only, http:// from trainer rank 0 (every engine)"
 RELAYED = "load only, http:// relay tree (controller/relay.py)"
+LINK = " over {:g} MB/s links"  # the same two methods with each sender's link shaped (bench/_links.py)
+LINK_MBPS = 40.0  # 8 engines x 40 MB/s stays well under the ~0.65 GB/s this machine moves unshaped
+LOOPBACK = "loopback TCP: sendfile -> recv_into (no HTTP, no file on the receiving side)"
 PUBLISH = "kuberl publish (trainer rank 0)"
 SAVE_LOAD = "torch.save + torch.load"
 HTTP = "kuberl publish + load, http://, no vLLM"
@@ -79,15 +83,17 @@ class Bench:
     def record(self, label: str, method: str, engines: int, seconds: float) -> None:
         self.samples[(label, method, engines)].append(seconds)
 
-    def relay_scaling(self, label: str, model: torch.nn.Module, hosts: list[Host], repeats: int) -> None:
+    def relay_scaling(
+        self, label: str, model: torch.nn.Module, hosts: list[Host], repeats: int, suffix: str = ""
+    ) -> None:
         """Load one published version into 1, 2, 4, 8 engines at once, every engine from trainer rank 0 against
-        the relay tree; only the loads are timed (publishing is the same for both).
+        the relay tree; only the loads are timed (publishing is the same for both). `suffix` names the links.
         """
         from kuberl_workers.trainer.weights import publish_weights
 
         for _ in range(repeats):
             for n in [k for k in RELAY_ENGINES if k <= len(hosts)]:
-                for method, relay in ((DIRECT, False), (RELAYED, True)):
+                for method, relay in ((DIRECT + suffix, False), (RELAYED + suffix, True)):
                     self.version += 1
                     _, size = publish_weights(self.weights, self.version, model, keep=3)
                     uri = f"http://127.0.0.1:{self.port}/weights/{self.version}"
@@ -127,9 +133,11 @@ class Bench:
         self.record(label, "torch.load", 1, load())
         self.record(label, SAVE_LOAD, 1, save() + load())
         copy.unlink(missing_ok=True)
+        published = self.weights / f"weights-{self.version:08d}" / "model.safetensors"
         with stopwatch() as copied:
-            shutil.copyfile(self.weights / f"weights-{self.version:08d}" / "model.safetensors", copy)
+            shutil.copyfile(published, copy)
         self.record(label, "file copy (shutil.copyfile)", 1, copied())
+        self.record(label, LOOPBACK, 1, loopback_seconds(published))
 
     def measure(self, label: str, model: torch.nn.Module, hosts: list[Host], engine: str, repeats: int) -> None:
         """Publish + load into 1 engine (file://, http://) and into all hosts at once (http://: rank 0 serves each
@@ -237,8 +245,20 @@ def main() -> None:
                 # the 100 MB model: 8 hosts each hold its tensors plus up to two relay files in memory (tmpfs)
                 hidden, layers = max(size for size in sizes if size[0] <= RELAY_MAX_HIDDEN)
                 relay_label = next(label for label in bench.sizes if label.startswith(f"h{hidden} x{layers}"))
-                bench.relay_scaling(relay_label, build(hidden, layers), relay_hosts, repeats)
+                relay_model = build(hidden, layers)
+                bench.relay_scaling(relay_label, relay_model, relay_hosts, repeats)
                 phases["relay scaling"] = elapsed() - sum(phases.values())
+                # shaped links change the machine's loopback device while they run: full runs only, not --quick
+                # (which the test suite runs)
+                notes["links"] = (
+                    "not in --quick" if args.quick else _links.unavailable() or f"{LINK_MBPS:g} MB/s per sender"
+                )
+                if not args.quick and not _links.unavailable():
+                    with _links.Links(LINK_MBPS) as links:
+                        for port in [bench.port] + [host.relay_port for host in relay_hosts if host.relay_port]:
+                            links.shape(port)
+                        bench.relay_scaling(relay_label, relay_model, relay_hosts, 1, LINK.format(LINK_MBPS))
+                    phases["relay scaling, shaped links"] = elapsed() - sum(phases.values())
                 for host in relay_hosts:
                     host.close()
                 if args.quick:
@@ -264,14 +284,19 @@ def main() -> None:
     notes["seconds"] = round(elapsed(), 1)
     notes["phase_seconds"] = {name: round(value, 1) for name, value in phases.items()}
     plot(rows, args.plots / "weight_sync.png")
+    shaped = relay_table(rows, LINK.format(LINK_MBPS))  # none in --quick or without tc
     result = {
         "tables": {
             "GB/s by size (best repeat)": by_size(rows),
             "engines at once: from trainer rank 0 vs the relay tree (best repeat)": relay_table(rows),
+            **({f"engines at once, each sender's link shaped to {LINK_MBPS:g} MB/s": shaped} if shaped else {}),
+            "one stream against the machine's ceilings": stream_table(rows),
             "projection: 7B bf16 (15.2 GB) to 32 engines, from the measured per-byte cost": projection(rows),
             "weight sync, seconds": rows,
         },
-        "headline": headline(rows, notes.get("vllm_engine_start_seconds", {})) + relay_headline(rows),
+        "headline": headline(rows, notes.get("vllm_engine_start_seconds", {}))
+        + relay_headline(rows)
+        + relay_headline(rows, LINK.format(LINK_MBPS)),
         "samples": {" | ".join(map(str, key)): values for key, values in bench.samples.items()},
         **notes,
     }
@@ -306,12 +331,41 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def relay_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def loopback_seconds(path: Path) -> float:
+    """The loopback ceiling for one stream: a thread sends `path` with sendfile(2), this one receives it into one
+    preallocated buffer (no HTTP, nothing written): what any TCP transport between two pods on this machine gets.
+    """
+    import threading
+
+    size = path.stat().st_size
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def send() -> None:
+            connection, _ = server.accept()
+            with connection, path.open("rb") as handle:
+                connection.sendfile(handle)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        buffer = memoryview(bytearray(size))
+        with socket.create_connection(server.getsockname()) as client, stopwatch() as received:
+            got = 0
+            while got < size and (n := client.recv_into(buffer[got:])):
+                got += n
+        sender.join()
+    assert got == size, (got, size)
+    return received()
+
+
+def relay_table(rows: list[dict[str, Any]], suffix: str = "") -> list[dict[str, Any]]:
     """Seconds until the last of N engines has the version, and the bytes delivered per second, both ways."""
-    index = {(r["method"], r["engines"]): r for r in rows if r["method"] in (DIRECT, RELAYED)}
+    direct_method, relayed_method = DIRECT + suffix, RELAYED + suffix
+    index = {(r["method"], r["engines"]): r for r in rows if r["method"] in (direct_method, relayed_method)}
     table = []
     for n in sorted({engines for _, engines in index}):
-        direct, relayed = index.get((DIRECT, n)), index.get((RELAYED, n))
+        direct, relayed = index.get((direct_method, n)), index.get((relayed_method, n))
         if direct and relayed:
             table.append(
                 {
@@ -321,7 +375,7 @@ def relay_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "s relay tree": relayed["s_min"],
                     "GB/s delivered, from trainer": direct["GB/s"],
                     "GB/s delivered, relay tree": relayed["GB/s"],
-                    "relay s / 1-engine s": relayed["s_min"] / index[(RELAYED, 1)]["s_min"],
+                    "relay s / 1-engine s": relayed["s_min"] / index[(relayed_method, 1)]["s_min"],
                 }
             )
     return table
@@ -351,13 +405,38 @@ def projection(rows: list[dict[str, Any]], size: float = 15.2e9, engines: int = 
     ]
 
 
-def relay_headline(rows: list[dict[str, Any]]) -> list[str]:
-    table = relay_table(rows)
+def stream_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One engine's load over http:// from rank 0 (download + load in place) against a raw loopback stream and a
+    memory-to-memory file copy of the same file, per model size.
+    """
+    index = {(r["model"], r["method"], r["engines"]): r for r in rows}
+    table = []
+    for label in dict.fromkeys(r["model"] for r in rows):
+        ours = index.get((label, DIRECT, 1)) or index.get((label, "kuberl load only, http://, no vLLM", 1))
+        loopback, copy = index.get((label, LOOPBACK, 1)), index.get((label, "file copy (shutil.copyfile)", 1))
+        if ours and loopback and copy:
+            table.append(
+                {
+                    "model": label,
+                    "MB": ours["MB"],
+                    "kuberl load over http:// GB/s": ours["GB/s"],
+                    "loopback TCP GB/s": loopback["GB/s"],
+                    "file copy GB/s": copy["GB/s"],
+                    "share of loopback": ours["GB/s"] / loopback["GB/s"],
+                    "share of file copy": ours["GB/s"] / copy["GB/s"],
+                }
+            )
+    return table
+
+
+def relay_headline(rows: list[dict[str, Any]], suffix: str = "") -> list[str]:
+    table = relay_table(rows, suffix)
     if not table:
         return []
     last = table[-1]
     return [
-        f"relay tree: {last['engines']} engines have a {last['MB']} MB version after {last['s relay tree']:.3g} s "
+        f"relay tree{suffix}: {last['engines']} engines have a {last['MB']} MB version after "
+        f"{last['s relay tree']:.3g} s "
         f"({last['relay s / 1-engine s']:.2f}x one engine's time) against {last['s from trainer']:.3g} s when every "
         f"engine downloads from trainer rank 0; delivered {last['GB/s delivered, relay tree']:.3g} GB/s"
     ]

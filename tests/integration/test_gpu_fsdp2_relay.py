@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.distributed as dist
 from prometheus_client import CollectorRegistry
+from safetensors.torch import load_file
 
 from bench._engines import Host, load_all
 from kuberl_workers.models.tiny import PAD_ID
 from kuberl_workers.trainer.server import serve
 from kuberl_workers.trainer.step import make_optimizer, train_step
 from kuberl_workers.trainer.strategy import StrategyOptions, make_strategy
-from kuberl_workers.trainer.weights import publish_weights
 from support.batches import algo, synthetic_batch
 from support.jobs import TOKEN
 
@@ -48,10 +48,12 @@ def test_fsdp2_on_nccl_publishes_weights_that_relayed_vllm_engines_generate_with
             model, optimizer, synthetic_batch(0), algo(), temperature=1.0, pad_id=PAD_ID, strategy=strategy
         )
         assert stats.grad_norm > 0
-        state = strategy.full_state(model)
-        assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in state.values())  # fp32 masters
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 masters, sharded
         weights = tmp_path / "weights"
-        publish_weights(weights, 1, model, source=tiny_dir, state=state)
+        published = strategy.publish(weights, 1, model, keep=3, source=tiny_dir)
+        assert published is not None
+        state = load_file(published[0] / "model.safetensors")
+        assert all(t.dtype == torch.bfloat16 for t in state.values())  # streamed out in the compute dtype
     finally:
         dist.destroy_process_group()
     port = _port()

@@ -60,7 +60,7 @@ def drive(
         for w in range(workers):
             now += 1.0
             for chunk in sched.lease(f"w{w}", per_lease, now):
-                tokens, finish = engine.generate(chunk.rollout_id, len(chunk.output_ids), chunk.max_tokens)
+                tokens, finish = engine.generate(chunk.rollout_id, chunk.output_len, chunk.max_tokens)
                 rollout = sched.complete(f"w{w}", chunk.lease_id, tokens, [-0.5] * len(tokens), finish, chunk.version)
                 run.chunk_calls += 1
                 progressed = True

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch.multiprocessing.spawn import spawn
 from transformers import LlamaForCausalLM
 
 from kuberl_workers.models.tiny import PAD_ID, build_model
+from kuberl_workers.trainer.logprobs import unwrap
 from kuberl_workers.trainer.step import make_optimizer, train_step
-from kuberl_workers.trainer.strategy import StrategyOptions, make_strategy
+from kuberl_workers.trainer.strategy import Strategy, StrategyOptions, make_strategy
 from kuberl_workers.trainer.weights import publishable_state
 from support.batches import algo, synthetic_batch
 
@@ -57,8 +61,11 @@ def _rank(rank: int, world: int, port: int, directory: str, out: str, group: int
     try:
         options = StrategyOptions(rank, world, torch.device("cpu"), torch.float32, group or None)
         strategy = make_strategy("fsdp2", options)
-        model = strategy.prepare(_model(Path(directory)))
-        reference = strategy.prepare(_model(Path(directory)).requires_grad_(False), trainable=False)
+        reads = _count_weight_reads()
+        # as the trainer loads: rank 0 reads the weights, the others build on the meta device and receive shards
+        model = strategy.load(Path(directory), torch.float32, lambda m: None)
+        reference = strategy.load(Path(directory), torch.float32, _freeze, trainable=False)
+        assert reads() == (2 if rank == 0 or world == 1 else 0), (rank, reads())
         opt = make_optimizer(model, ALGO)
         kwargs = {"rank": rank, "world": world, "reference": reference, "strategy": strategy}
         if phase == "resume":
@@ -69,13 +76,39 @@ def _rank(rank: int, world: int, port: int, directory: str, out: str, group: int
             if phase == "save":
                 strategy.save_checkpoint(Path(ckpt), 1, model, opt, keep=2)
         _step(model, opt, 1, **kwargs)
-        state = strategy.full_state(model)
-        if rank == 0:
-            torch.save(state, out)
-        else:
-            assert state == {}
+        _publish(strategy, model, rank, out)
     finally:
         dist.destroy_process_group()
+
+
+def _freeze(model: torch.nn.Module) -> None:
+    model.requires_grad_(False)
+
+
+def _count_weight_reads() -> Callable[[], int]:
+    """Count this process's reads of a pretrained model's weights (from_pretrained calls) from now on."""
+    import transformers
+
+    calls = []
+    original = transformers.AutoModelForCausalLM.from_pretrained
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    transformers.AutoModelForCausalLM.from_pretrained = counted  # type: ignore[method-assign]
+    return lambda: len(calls)
+
+
+def _publish(strategy: Strategy, model: torch.nn.Module, rank: int, out: str) -> None:
+    """Publish the gathered weights as the trainer does (streamed into safetensors by rank 0); rank 0 saves what
+    the file holds to `out`."""
+    published = strategy.publish(Path(out).parent / f"weights-{rank}", 1, model, keep=1, source=None)
+    if rank == 0:
+        assert published is not None
+        torch.save(load_file(published[0] / "model.safetensors"), out)
+    else:
+        assert published is None
 
 
 def _gang(
@@ -126,14 +159,16 @@ def test_an_unknown_strategy_or_a_group_that_does_not_divide_is_refused() -> Non
         make_strategy("zero3", StrategyOptions(0, 1, torch.device("cpu"), torch.float32))
 
 
-def _tied_rank(rank: int, world: int, port: int, out: str) -> None:
+def _tied_rank(rank: int, world: int, port: int, out: str, directory: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         strategy = make_strategy("fsdp2", StrategyOptions(rank, world, torch.device("cpu"), torch.float32))
-        state = strategy.full_state(strategy.prepare(_tied()))
-        if rank == 0:
-            torch.save(state, out)
+        # rank 1 builds the tied model on the meta device: the head must be tied again to the received embeddings
+        model = strategy.load(Path(directory), torch.float32, lambda m: None)
+        inner = unwrap(model)
+        assert inner.lm_head.weight is inner.model.embed_tokens.weight  # type: ignore[union-attr]
+        _publish(strategy, model, rank, out)
     finally:
         dist.destroy_process_group()
 
@@ -150,7 +185,8 @@ def _tied() -> LlamaForCausalLM:
 
 
 def test_tied_embeddings_are_gathered_once_as_save_pretrained_writes_them(tmp_path: Path) -> None:
-    spawn(_tied_rank, args=(2, _port(), str(tmp_path / "tied.pt")), nprocs=2, join=True)
+    _tied().save_pretrained(str(tmp_path / "tied"))
+    spawn(_tied_rank, args=(2, _port(), str(tmp_path / "tied.pt"), str(tmp_path / "tied")), nprocs=2, join=True)
     gathered = torch.load(tmp_path / "tied.pt", weights_only=True)
     expected = publishable_state(_tied())
     assert "lm_head.weight" not in expected and set(gathered) == set(expected)

@@ -217,7 +217,7 @@ def test_no_prompt_lost_or_trained_twice(actions: list[tuple[str, int, int]], re
                 sched.expire(now)
             chunk = held[worker].pop(0)
             if chunk.rollout_id in sched.rollouts:  # not purged meanwhile
-                tokens, finish = engine.generate(chunk.rollout_id, len(chunk.output_ids), chunk.max_tokens)
+                tokens, finish = engine.generate(chunk.rollout_id, chunk.output_len, chunk.max_tokens)
                 done = sched.complete(worker, chunk.lease_id, tokens, [-0.3] * len(tokens), finish, chunk.version)
                 if done is not None and done.finished:
                     sched.rewarded(done.id, reward_of(done.output_ids))
@@ -341,3 +341,17 @@ def test_a_chunk_that_always_fails_drops_only_its_group() -> None:
     assert sorted(g["promptIndex"] for g in run.batches[0].groups) == [1, 2]
     restored = Scheduler.restore(cfg, source, json.loads(json.dumps(sched.state())))
     assert restored.failed == sched.failed
+
+
+def test_a_leased_chunk_keeps_its_context_while_the_rollout_grows() -> None:
+    """A chunk request refers to the rollout's own token list (no copy per lease): its context is the prefix it
+    was leased with, also after later chunks of the rollout were accepted (a late re-serialisation)."""
+    cfg = config(retention=2, token_budget=10**6, pool_capacity=2, group_size=2, chunk_tokens=3, prompts_per_step=1)
+    sched = Scheduler(cfg, source)
+    first, _ = sched.lease("w", 2, 0.0)
+    _finish(sched, first, "w", 3, False)
+    (second,) = [c for c in sched.lease("w", 2, 1.0) if c.rollout_id == first.rollout_id]
+    before = json.dumps(second.to_json())
+    _finish(sched, second, "w", 3, False)  # the rollout grows to 6 tokens
+    assert second.output_ids == [5, 5, 5] and json.dumps(second.to_json()) == before
+    assert first.output_ids == [] and sched.rollouts[first.rollout_id].output_ids == [5] * 6

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch.multiprocessing.spawn import spawn
@@ -14,7 +15,15 @@ from transformers import LlamaForCausalLM
 from kuberl_workers import checkpoint
 from kuberl_workers.models.tiny import PAD_ID, build_model
 from kuberl_workers.trainer.step import make_optimizer, train_step
-from kuberl_workers.trainer.weights import TRAINER_PREFIX, load_checkpoint, publish_weights, save_checkpoint
+from kuberl_workers.trainer.weights import (
+    TRAINER_PREFIX,
+    TensorSpec,
+    load_checkpoint,
+    publish_weights,
+    safetensors_order,
+    save_checkpoint,
+    write_safetensors_stream,
+)
 from support.batches import algo, synthetic_batch
 
 ALGO = algo()
@@ -77,6 +86,35 @@ def test_publish_weights_loadable(tmp_path: Path) -> None:
     path, size = publish_weights(tmp_path / "ckpt", 1, model)
     loaded = load_file(str(path / "model.safetensors"))
     assert size > 0 and torch.equal(loaded["lm_head.weight"], model.state_dict()["lm_head.weight"])
+
+
+def test_a_streamed_safetensors_file_is_what_safetensors_reads_and_a_mismatch_is_refused(tmp_path: Path) -> None:
+    """trainer/fsdp2.py writes the header from the specs, then each gathered tensor as it comes."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    tensors = {
+        "a.bias": torch.randn(3, dtype=torch.bfloat16),
+        "b.weight": torch.randn(5, 7),
+        "c.count": torch.tensor(11, dtype=torch.int64),  # 0-dim
+        "d.mask": torch.tensor([True, False, True]),
+        "e.half": torch.randn(2, 3, dtype=torch.float16),
+    }
+    specs = safetensors_order(TensorSpec(name, t.dtype, tuple(t.shape)) for name, t in tensors.items())
+    assert [s.name for s in specs] == ["c.count", "b.weight", "a.bias", "e.half", "d.mask"]  # aligned: 8, 4, 2, 1
+    written = write_safetensors_stream(tmp_path / "s.safetensors", specs, (tensors[s.name] for s in specs))
+    loaded = load_file(str(tmp_path / "s.safetensors"))
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    save_file(tensors, str(tmp_path / "lib.safetensors"))  # the library's own file holds the same data bytes
+    assert written == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert (tmp_path / "s.safetensors").read_bytes()[-written:] == (tmp_path / "lib.safetensors").read_bytes()[
+        -written:
+    ]
+    wrong = (tensors[s.name].float() if s.name == "a.bias" else tensors[s.name] for s in specs)
+    with pytest.raises(ValueError, match=r"a\.bias: got torch\.float32"):
+        write_safetensors_stream(tmp_path / "bad.safetensors", specs, wrong)
+    with pytest.raises(ValueError):  # fewer tensors than the header names
+        write_safetensors_stream(tmp_path / "short.safetensors", specs, iter([tensors["c.count"]]))
 
 
 # 3 groups over 2 ranks: an uneven shard; then 1 group: rank 1 gets none (normal under C3PO++) and must still

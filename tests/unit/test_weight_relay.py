@@ -7,7 +7,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -96,12 +95,11 @@ def test_a_chain_of_engines_streams_a_version_on_while_it_arrives(tmp_path: Path
             [f"{apps[i - 1][1]}/weights/7", f"{trainer_url}/weights/7"] for i in range(1, 4)
         ]
         try:
-            async with aiohttp.ClientSession() as session:
-                began = asyncio.get_running_loop().time()
-                results = await asyncio.gather(
-                    *(relays[i].fetch(session, 7, sources[i], {}) for i in reversed(range(4)))
-                )  # the deepest asks first: its parent's fetch has not begun yet, it waits for it
-                elapsed = asyncio.get_running_loop().time() - began
+            began = asyncio.get_running_loop().time()
+            results = await asyncio.gather(
+                *(relays[i].fetch(7, sources[i], {}) for i in reversed(range(4)))
+            )  # the deepest asks first: its parent's fetch has not begun yet, it waits for it
+            elapsed = asyncio.get_running_loop().time() - began
             results = results[::-1]
             assert [used for _, used in results] == [s[0] for s in sources]  # every engine got it from above
             assert elapsed < 3 * 16 * 0.05, elapsed  # one paced transfer is 16 x 0.05 s; four in a row 3.2 s
@@ -130,14 +128,13 @@ def test_an_engine_whose_parent_is_gone_or_breaks_off_falls_back_to_the_trainer(
         trainer, trainer_url = await _file_server(payload, pace=0.0, served=[])
         parent, parent_url = await _app({"/weights/{version}": broken})
         try:
-            async with aiohttp.ClientSession() as session:
-                relay = Relay(tmp_path / "child")
-                gone = await relay.fetch(session, 2, ["http://127.0.0.1:9/weights/2", f"{trainer_url}/weights/2"], {})
-                cut = await relay.fetch(session, 3, [f"{parent_url}/weights/3", f"{trainer_url}/weights/3"], {})
-                with pytest.raises(OSError, match="every source failed"):
-                    await relay.fetch(session, 4, [f"{parent_url}/weights/4"], {})
-                assert sorted(relay.versions) == [3]  # the newest whole version is kept, older ones deleted
-                return (*gone, *cut)
+            relay = Relay(tmp_path / "child")
+            gone = await relay.fetch(2, ["http://127.0.0.1:9/weights/2", f"{trainer_url}/weights/2"], {})
+            cut = await relay.fetch(3, [f"{parent_url}/weights/3", f"{trainer_url}/weights/3"], {})
+            with pytest.raises(OSError, match="every source failed"):
+                await relay.fetch(4, [f"{parent_url}/weights/4"], {})
+            assert sorted(relay.versions) == [3]  # the newest whole version is kept, older ones deleted
+            return (*gone, *cut)
         finally:
             for runner in (trainer, parent):
                 await runner.cleanup()
@@ -168,10 +165,9 @@ def test_an_engine_source_that_broke_off_once_is_tried_again_before_the_trainer(
     async def go() -> tuple[Path, str]:
         parent, parent_url = await _app({"/weights/{version}": flaky})
         try:
-            async with aiohttp.ClientSession() as session:
-                return await Relay(tmp_path / "child").fetch(
-                    session, 5, [f"{parent_url}/weights/5", "http://127.0.0.1:9/weights/5"], {}
-                )
+            return await Relay(tmp_path / "child").fetch(
+                5, [f"{parent_url}/weights/5", "http://127.0.0.1:9/weights/5"], {}
+            )
         finally:
             await parent.cleanup()
 

@@ -120,14 +120,17 @@ class Scheduler:
             if example is None:
                 continue
             prompt_ids, answer = example
+            prompt = list(prompt_ids)  # one copy shared by the group's rollouts: nothing changes a prompt
             group = Group(id=self.next_id, prompt_index=index, answer=answer, rollouts=[], requeued=requeued)
+            members = []
             for sample in range(self.cfg.group_size):
                 self.next_id += 1
-                rollout = Rollout(id=self.next_id, group=group.id, sample=sample, prompt_ids=list(prompt_ids))
+                rollout = Rollout(id=self.next_id, group=group.id, sample=sample, prompt_ids=prompt)
                 self.rollouts[rollout.id] = rollout
                 group.rollouts.append(rollout.id)
+                members.append(rollout)
             self.groups[group.id] = group
-            self.index.admitted(group, (self.rollouts[i] for i in group.rollouts))
+            self.index.admitted(group, members)
             self.next_id += 1
             self.admitted += 1
 
@@ -165,31 +168,42 @@ class Scheduler:
         if state.draining or self.awaiting_weights or max_rollouts <= 0 or self._closing():
             return []
         room = min(max_rollouts, self._quota(worker) - self.index.held_by(worker))
-        out: list[ChunkRequest] = []
         # least-advanced first, then oldest: every rollout in P advances a chunk per round, as in the paper's
         # "generate for every rollout in P in parallel", even when engines take fewer than Omega at once
-        while len(out) < room and (rollout_id := self.index.pop_next()) is not None:
-            rollout = self.rollouts[rollout_id]
+        taken = self.index.take(room)
+        if not taken:
+            return []
+        cfg, rollouts, version = self.cfg, self.rollouts, self.version
+        deadline, seed = now + cfg.lease_seconds, cfg.seed * 1_000_003
+        out: list[ChunkRequest] = []
+        leases: list[tuple[float, str, int]] = []
+        for rollout_id in taken:
+            rollout = rollouts[rollout_id]
             self.lease_seq += 1
-            rollout.lease = Lease(f"{rollout.id}-{self.lease_seq}", worker, now + self.cfg.lease_seconds, now)
-            self.index.leased(rollout.id, worker, rollout.lease.id, rollout.lease.deadline)
+            lease_id = f"{rollout_id}-{self.lease_seq}"
+            rollout.lease = Lease(lease_id, worker, deadline, now)
+            leases.append((deadline, lease_id, rollout_id))
             out.append(
                 ChunkRequest(
-                    lease_id=rollout.lease.id,
-                    rollout_id=rollout.id,
-                    prompt_ids=rollout.prompt_ids,
-                    output_ids=list(rollout.output_ids),
-                    max_tokens=min(self.cfg.chunk_tokens, self.cfg.max_new_tokens - len(rollout.output_ids)),
-                    version=self.version,
-                    seed=(self.cfg.seed * 1_000_003 + rollout.id * 7_919 + rollout.chunks) % 2**31,
+                    lease_id,
+                    rollout_id,
+                    rollout.prompt_ids,
+                    rollout.pieces,
+                    len(rollout.pieces),
+                    rollout.length,
+                    min(cfg.chunk_tokens, cfg.max_new_tokens - rollout.length),
+                    version,
+                    (seed + rollout_id * 7_919 + rollout.chunks) % 2**31,
                 )
             )
+        self.index.leased(worker, leases)
         return out
 
     def _find_lease(self, lease_id: str, worker: str) -> Rollout | None:
-        rollout_id = lease_id.split("-", 1)[0]
+        rollout_id = lease_id.partition("-")[0]
         rollout = self.rollouts.get(int(rollout_id)) if (rollout_id.isascii() and rollout_id.isdigit()) else None
-        if rollout is None or rollout.lease is None or rollout.lease.id != lease_id or rollout.lease.worker != worker:
+        lease = rollout.lease if rollout is not None else None
+        if lease is None or lease.id != lease_id or lease.worker != worker:
             return None
         return rollout
 
@@ -210,32 +224,33 @@ class Scheduler:
         if rollout is None:
             self.counters.leases_rejected += 1
             return None
-        room = self.cfg.max_new_tokens - len(rollout.output_ids)
-        if len(new_ids) != len(logprobs) or len(new_ids) > min(room, self.cfg.chunk_tokens):
+        cfg, count = self.cfg, len(new_ids)
+        length = rollout.length + count
+        if count != len(logprobs) or count > cfg.chunk_tokens or length > cfg.max_new_tokens:
             raise ValueError(
-                f"chunk of {len(new_ids)} tokens with {len(logprobs)} logprobs for a lease of at most "
-                f"{min(room, self.cfg.chunk_tokens)} tokens"
+                f"chunk of {count} tokens with {len(logprobs)} logprobs for a lease of at most "
+                f"{min(cfg.max_new_tokens - rollout.length, cfg.chunk_tokens)} tokens"
             )
         if finish_reason is not None and finish_reason not in FINISH_REASONS:
             raise ValueError(f"finishReason must be one of {FINISH_REASONS} or null, got {finish_reason!r}")
-        if rollout.versions and version < rollout.versions[-1]:  # versions[0] is then the oldest (publish)
-            raise ValueError(f"version {version} is older than the rollout's last chunk's ({rollout.versions[-1]})")
+        last = rollout.last_version
+        if last is not None and version < last:  # the first version is then the oldest (publish)
+            raise ValueError(f"version {version} is older than the rollout's last chunk's ({last})")
         self._unlease(rollout)
-        rollout.output_ids += new_ids
-        rollout.logprobs += logprobs
-        rollout.versions += [version] * len(new_ids)
+        rollout.add(new_ids, logprobs, version)
         rollout.chunks += 1
-        self.counters.tokens_generated += len(new_ids)
-        if finish_reason is None and len(rollout.output_ids) >= self.cfg.max_new_tokens:
+        self.counters.tokens_generated += count
+        if finish_reason is None and length >= cfg.max_new_tokens:
             finish_reason = "length"
-        if finish_reason is not None:
-            rollout.finish_reason = finish_reason
-            rollout.finished_in_step = self.step
-            self.index.finished(rollout)
-            self.budget_used += len(rollout.output_ids)
-            self.refill()
-        else:
+        if finish_reason is None:
             self.index.queue(rollout)
+            return rollout
+        rollout.finish_reason = finish_reason
+        rollout.finished_in_step = self.step
+        self.index.finished(rollout)
+        self.budget_used += length
+        if self.index.unfinished + cfg.group_size <= cfg.pool_capacity:  # the cheap half of refill's test first
+            self.refill()
         return rollout
 
     def _unlease(self, rollout: Rollout) -> None:
@@ -288,7 +303,7 @@ class Scheduler:
         for rollout in members:
             rollout.lease = None
             if rollout.finished_in_step == self.step:
-                self.budget_used -= len(rollout.output_ids)
+                self.budget_used -= rollout.length
         if group_id in self._ready:
             self._ready.discard(group_id)
             self.ready.remove(group_id)
@@ -309,12 +324,17 @@ class Scheduler:
         """Leases past their deadline return to the queue (a stalled worker's late result is then refused)."""
         expired = 0
         for lease_id, rollout_id in list(self.index.due(now)):
-            rollout = self.rollouts.get(rollout_id)
-            if rollout is not None and rollout.lease is not None and rollout.lease.id == lease_id:
-                self._requeue(rollout)
+            if self._holds(rollout_id, lease_id):
+                self._requeue(self.rollouts[rollout_id])
                 expired += 1
         self.counters.leases_requeued += expired
+        self.index.compact_deadlines(self._holds)
         return expired
+
+    def _holds(self, rollout_id: int, lease_id: str) -> bool:
+        """`lease_id` is still the current lease of rollout `rollout_id`."""
+        rollout = self.rollouts.get(rollout_id)
+        return rollout is not None and rollout.lease is not None and rollout.lease.id == lease_id
 
     def record_throughput(self, worker: str, tokens: int, seconds: float) -> None:
         if seconds > 0 and tokens > 0:
@@ -352,13 +372,12 @@ class Scheduler:
         rollout = self.rollouts.get(rollout_id)
         if rollout is None or not rollout.finished:
             return  # purged meanwhile
+        first = rollout.reward is None
         rollout.reward = reward
-        rollout.scores = dict(scores or {})
-        group = self.groups[rollout.group]
-        members = [self.rollouts[i] for i in group.rollouts]
-        if all(r.finished and r.reward is not None for r in members) and group.id not in self._ready:
-            self.ready.append(group.id)
-            self._ready.add(group.id)
+        rollout.scores = dict(scores) if scores else {}
+        if first and self.index.rewarded(rollout.group):  # its group's last reward: the group enters Q
+            self.ready.append(rollout.group)
+            self._ready.add(rollout.group)
 
     def _pending(self) -> bool:
         """Rollouts still generating or waiting for a reward: a group not in Q has one (a group enters Q as soon as
@@ -419,25 +438,35 @@ class Scheduler:
         if not self.awaiting_weights:
             return
         self.awaiting_weights = False
-        carried = self.in_flight()
-        for rollout in carried:
-            rollout.age += 1
+        # One pass: age the carried-over (unfinished) rollouts, and note per group the largest of its rollouts'
+        # ages and its oldest token's age in versions. A group is purged past sigma by either: a rollout that
+        # finished between the step's close and this publish was not in flight, yet its oldest token may be
+        # sigma + 1 versions old by the next step, and no trained token may be older than sigma.
+        oldest: dict[int, int] = {}
+        tokens: dict[int, int] = {}  # group -> its rollouts' tokens (what purging it would waste)
+        for rollout in self.rollouts.values():
+            tokens[rollout.group] = tokens.get(rollout.group, 0) + rollout.length
+            key = -1
+            if rollout.finish_reason is None:
+                rollout.age += 1
+                key = rollout.age
+            if rollout.pieces and version - rollout.pieces[0][2] > key:
+                key = version - rollout.pieces[0][2]
+            if key > oldest.get(rollout.group, -1):
+                oldest[rollout.group] = key
 
         def purge_set(sigma: int) -> set[int]:
-            groups = {r.group for r in carried if r.age > sigma}
-            # A rollout that finished between the step's close and this publish was not in flight above, yet its
-            # oldest token may be sigma + 1 versions old by the next step: no trained token is older than sigma.
-            return groups | {r.group for r in self.rollouts.values() if r.versions and version - r.versions[0] > sigma}
+            return {group for group, key in oldest.items() if key > sigma}
 
         def purged_at(sigma: int) -> int:
-            return sum(len(self.rollouts[i].output_ids) for g in purge_set(sigma) for i in self.groups[g].rollouts)
+            return sum(tokens[group] for group, key in oldest.items() if key > sigma)
 
         generated = self.counters.tokens_generated - self.generated_at_publish
         self.generated_at_publish = self.counters.tokens_generated
         sigma = self.cfg.retention if self.auto_retention is None else self.auto_retention.choose(generated, purged_at)
         assert sigma is not None
         for group_id in sorted(purge_set(sigma)):
-            self.counters.tokens_purged += sum(len(self.rollouts[i].output_ids) for i in self.groups[group_id].rollouts)
+            self.counters.tokens_purged += tokens[group_id]
             group = self._discard(group_id)
             self.counters.rollouts_purged += len(group.rollouts)
             if group.requeued or group.prompt_index in self.requeued_once:

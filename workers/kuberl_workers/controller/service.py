@@ -281,7 +281,7 @@ class Controller:
         async def run() -> None:
             scored = await self.rewards.score(item)
             self.metrics.reward.observe(scored.value)
-            self.metrics.versions_spanned.observe(len(set(rollout.versions)) or 1)
+            self.metrics.versions_spanned.observe(len({piece[2] for piece in rollout.pieces}) or 1)
             self.scheduler.rewarded(rollout.id, scored.value, scored.parts)
 
         task = asyncio.get_running_loop().create_task(run())

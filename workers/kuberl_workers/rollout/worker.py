@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import http.client
 import logging
 import time
 from pathlib import Path
@@ -86,9 +87,7 @@ class RolloutWorker:
 
     # --- weights -----------------------------------------------------------------------------------------
 
-    async def _load(
-        self, session: aiohttp.ClientSession, version: int, uri: str, sources: list[str] | None = None
-    ) -> None:
+    async def _load(self, version: int, uri: str, sources: list[str] | None = None) -> None:
         assert self.engine is not None
         parsed = urlparse(uri)
         if not uri:  # version 0: the controller started over (a gang that lost its checkpoints), so does the engine
@@ -106,7 +105,7 @@ class RolloutWorker:
             await asyncio.to_thread(self.engine.load_weights, path, version)
         else:  # over HTTP: from an engine above this one in the relay tree, else from trainer rank 0
             began = time.perf_counter()
-            target, source = await self.relay.fetch(session, version, sources or [uri], self.headers)
+            target, source = await self.relay.fetch(version, sources or [uri], self.headers)
             self.weights_source = source
             log.info("fetched weights v%d from %s in %.2fs", version, source, time.perf_counter() - began)
             await asyncio.to_thread(self.engine.load_weights, target, version)
@@ -121,17 +120,15 @@ class RolloutWorker:
             self.engine.weight_load_bytes,
         )
 
-    async def _follow(
-        self, session: aiohttp.ClientSession, version: int, uri: str, sources: list[str] | None = None
-    ) -> None:
+    async def _follow(self, version: int, uri: str, sources: list[str] | None = None) -> None:
         """Load the version the controller names; a version whose weights cannot be had (its trainer gone with its
         files, e.g. before the controller starts over) is not fatal: the next lease names what to load now. Exits
         (raises) only after MAX_LOAD_FAILURES in a row.
         """
         try:
-            await self._load(session, version, uri, sources)
+            await self._load(version, uri, sources)
             self.load_failures = 0
-        except (OSError, aiohttp.ClientError, TimeoutError) as error:
+        except (OSError, http.client.HTTPException, aiohttp.ClientError, TimeoutError) as error:
             self.load_failures += 1
             if self.load_failures >= MAX_LOAD_FAILURES:
                 raise
@@ -212,7 +209,7 @@ class RolloutWorker:
                     session, "/v1/workers/register", {"worker": self.name, "role": "rollout", "address": self.host}
                 )
                 if reply["version"] > 0:
-                    await self._follow(session, reply["version"], reply["weightsUri"], reply.get("weightsSources"))
+                    await self._follow(reply["version"], reply["weightsUri"], reply.get("weightsSources"))
                 beats = asyncio.create_task(self._heartbeats(session))
                 while not self.done:
                     if self.draining:
@@ -228,7 +225,7 @@ class RolloutWorker:
                         },
                     )
                     if status == 409:
-                        await self._follow(session, reply["version"], reply["weightsUri"], reply.get("weightsSources"))
+                        await self._follow(reply["version"], reply["weightsUri"], reply.get("weightsSources"))
                         continue
                     self.done = bool(reply["complete"])
                     chunks = reply["chunks"]

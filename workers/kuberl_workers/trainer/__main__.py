@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from kuberl_workers.client import ControllerClient
 from kuberl_workers.config import (
@@ -62,14 +63,13 @@ def main() -> int:
     import torch
     import torch.distributed as dist
     from prometheus_client import CollectorRegistry, Gauge, Histogram
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from kuberl_workers.models import model_dir
     from kuberl_workers.trainer.resume import ResumeMismatch, agree_resume_step
     from kuberl_workers.trainer.server import serve
     from kuberl_workers.trainer.step import make_optimizer, train_step
     from kuberl_workers.trainer.strategy import StrategyOptions, make_strategy
-    from kuberl_workers.trainer.weights import publish_weights
 
     rank = int(os.environ.get(ENV_INDEX, "0"))
     world = cfg.scale.trainerReplicas
@@ -100,17 +100,23 @@ def main() -> int:
     except ValueError as error:  # the API refuses these; a hand-written config may not
         log.error("%s", error)
         return 2
-    pretrained = AutoModelForCausalLM.from_pretrained(directory, dtype=strategy.master_dtype())
-    pad_id = int(pretrained.config.pad_token_id or pretrained.config.eos_token_id or 0)
-    if cfg.trainer.gradientCheckpointing:
-        pretrained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    pretrained.config.use_cache = False
-    model: torch.nn.Module = strategy.prepare(pretrained)
+
+    def trained(pretrained: Any) -> None:  # a transformers PreTrainedModel
+        if cfg.trainer.gradientCheckpointing:
+            pretrained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        pretrained.config.use_cache = False
+
+    model: torch.nn.Module = strategy.load(Path(directory), strategy.master_dtype(), trained)  # collective
+    config = AutoConfig.from_pretrained(directory)
+    pad_id = int(config.pad_token_id or config.eos_token_id or 0)
     optimizer = make_optimizer(model, cfg.algorithm)
     reference: torch.nn.Module | None = None
     if cfg.algorithm.klCoef > 0:  # the frozen initial policy of the KL penalty; nothing is loaded without it
-        frozen: torch.nn.Module = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-        reference = strategy.prepare(frozen.eval().requires_grad_(False), trainable=False)
+
+        def frozen(pretrained: torch.nn.Module) -> None:
+            pretrained.eval().requires_grad_(False)
+
+        reference = strategy.load(Path(directory), dtype, frozen, trainable=False)
 
     registry = CollectorRegistry()
     names = list(labels)
@@ -163,9 +169,7 @@ def main() -> int:
     if step > 0:
         # rollout engines may be told to load this version again (after a controller restart): make sure the
         # files exist even if they were pruned since
-        state = strategy.full_state(model)  # collective: every rank takes part in gathering
-        if rank == 0:
-            publish_weights(ckpt_dir, step, model, keep=cfg.checkpoint.keep + 1, source=Path(directory), state=state)
+        strategy.publish(ckpt_dir, step, model, cfg.checkpoint.keep + 1, Path(directory))  # collective
 
     beats = Heartbeats(controller, worker, cfg.fault.heartbeatSeconds, stall_seconds=cfg.fault.leaseSeconds)
     beats.start()
@@ -216,14 +220,11 @@ def main() -> int:
         version = step + 1
         checkpointed = version % cfg.checkpoint.everySteps == 0 or version == cfg.algorithm.steps
         began = time.perf_counter()
-        state = strategy.full_state(model)  # collective; the whole state on rank 0 only
+        published = strategy.publish(ckpt_dir, version, model, cfg.checkpoint.keep + 1, Path(directory))  # collective
         if checkpointed:
             strategy.save_checkpoint(ckpt_dir, version, model, optimizer, cfg.checkpoint.keep)  # collective
-        if rank == 0:
-            path, size = publish_weights(
-                ckpt_dir, version, model, keep=cfg.checkpoint.keep + 1, source=Path(directory), state=state
-            )
-            del state
+        if published is not None:  # rank 0
+            path, size = published
             publish_seconds.observe(time.perf_counter() - began)
             gauges["weight_publish_bytes"].set(size)
             uri = f"file://{path}" if cfg.checkpoint.shared else f"http://{host}:{cfg.ports.trainer}/weights/{version}"

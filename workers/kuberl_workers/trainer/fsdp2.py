@@ -19,22 +19,30 @@
   each its own shards, complete once `.metadata` is in it (DCP writes it last; the directory is renamed into
   place after a barrier). DCP reshards on load, so a checkpoint restores on another world size or group size too
   (each rank reads the slices its new shards need); the data each rank trains on changes with the world size.
-- Publishing: the weights are gathered one parameter at a time (`full_tensor`), so no device ever holds more than
-  one unsharded parameter beyond its shard; rank 0 collects them on the CPU for the version's file.
-
-Memory at start: every rank reads the whole pretrained model into CPU memory once before sharding it.
+- Publishing: the weights are gathered one parameter at a time (`full_tensor`), cast to the compute dtype, and
+  rank 0 streams each into the version's safetensors file as it arrives (the header is written first from the
+  global shapes): no device and no rank's CPU ever holds more than one unsharded parameter beyond its shards.
+- Loading: rank 0 reads the pretrained model; the other ranks build it on the meta device and receive their
+  shards from rank 0 (`load`), so a node holds one copy of the model in memory at start, not one per rank.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -44,7 +52,13 @@ from torch.distributed.tensor import DTensor
 from kuberl_workers import checkpoint
 from kuberl_workers.trainer.logprobs import LogprobModel, unwrap
 from kuberl_workers.trainer.strategy import Strategy, StrategyOptions
-from kuberl_workers.trainer.weights import TRAINER_PREFIX
+from kuberl_workers.trainer.weights import (
+    TRAINER_PREFIX,
+    TensorSpec,
+    publish_weights,
+    safetensors_order,
+    write_safetensors_stream,
+)
 
 SUFFIX = ".dcp"
 
@@ -82,6 +96,38 @@ class FSDP2(Strategy):
         fully_shard(root, mesh=self.mesh, mp_policy=policy)
         return root
 
+    def load(
+        self, directory: Path, dtype: torch.dtype, setup: Callable[[nn.Module], None], trainable: bool = True
+    ) -> nn.Module:
+        """Rank 0 reads the pretrained model; the other ranks build it on the meta device (no memory), shard it,
+        allocate only their shards, and receive the weights from rank 0 one tensor at a time
+        (`set_model_state_dict(broadcast_from_rank0=True)`), then the buffers (rotary tables and other
+        non-persistent ones are in no state dict). A node's memory holds one copy of the model, not one per rank.
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if self.world == 1:
+            return super().load(directory, dtype, setup, trainable)
+        if self.rank == 0:
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+            full = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        else:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                    AutoConfig.from_pretrained(directory), dtype=dtype
+                )
+            full = {}
+        setup(model)
+        root = self.prepare(model, trainable)
+        if self.rank != 0:
+            root.to_empty(device=self.options.device)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(unwrap(root), full, options=options)
+        del full
+        for buffer in root.buffers():
+            dist.broadcast(buffer, src=0)
+        return root
+
     def micro_batch_counts(self, counts: list[int]) -> list[int]:
         if self.world == 1:
             return counts
@@ -96,20 +142,46 @@ class FSDP2(Strategy):
         norm: Any = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
-    def full_state(self, model: nn.Module) -> dict[str, Tensor]:
+    def publish(
+        self, directory: Path, version: int, model: nn.Module, keep: int, source: Path | None
+    ) -> tuple[Path, int] | None:
+        specs, gathered = self._gathered(model)
+        if self.rank != 0:
+            for _ in gathered:  # the other ranks take part in every gather, in the same order
+                pass
+            return None
+        return publish_weights(
+            directory,
+            version,
+            model,
+            keep,
+            source,
+            write=functools.partial(write_safetensors_stream, specs=specs, tensors=gathered),
+        )
+
+    def _gathered(self, model: nn.Module) -> tuple[list[TensorSpec], Iterator[Tensor]]:
+        """The published tensors' specs (each tied tensor once, floating ones in the compute dtype, in file order)
+        and a generator that gathers them one by one in that order (*collective*), whole on rank 0's CPU.
+        """
         model = unwrap(model)
         params = dict(model.named_parameters())  # tied parameters once, under their first name
         tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - set(params)
-        state: dict[str, Tensor] = {}
-        for name, value in model.state_dict().items():
-            if name in tied:
-                continue  # the loader ties it again from the config (tie_word_embeddings), as save_pretrained does
-            tensor = params.get(name, value)
-            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-            if self.rank == 0:
-                state[name] = full.detach().to("cpu", copy=True).contiguous()
-            del full
-        return state
+        state = {name: params.get(name, value) for name, value in model.state_dict().items() if name not in tied}
+        # the loader ties the head again from the config (tie_word_embeddings), as save_pretrained does
+
+        def dtype(tensor: Tensor) -> torch.dtype:
+            return self.options.compute_dtype if tensor.is_floating_point() else tensor.dtype
+
+        specs = safetensors_order(TensorSpec(name, dtype(t), tuple(t.shape)) for name, t in state.items())
+
+        def gather() -> Iterator[Tensor]:
+            for spec in specs:
+                tensor = state[spec.name]
+                full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+                yield full.detach().to(device="cpu", dtype=spec.dtype) if self.rank == 0 else full
+                del full
+
+        return specs, gather()
 
     def save_checkpoint(
         self, directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int

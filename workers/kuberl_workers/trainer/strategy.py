@@ -8,13 +8,14 @@ module, not a branch. Calls marked *collective* must be made by every rank of th
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,19 @@ class Strategy:
         """Place the model for training (`trainable`) or as the frozen KL reference; returns the module to call."""
         return model.to(self.options.device)
 
+    def load(
+        self, directory: Path, dtype: torch.dtype, setup: Callable[[nn.Module], None], trainable: bool = True
+    ) -> nn.Module:
+        """*Collective*: the pretrained model in `directory` (Hugging Face format) in `dtype`, `setup` applied
+        (gradient checkpointing, a frozen reference's eval mode), then `prepare`d. Every rank reads the files here;
+        fsdp2 reads them on rank 0 only.
+        """
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+        setup(model)
+        return self.prepare(model, trainable)
+
     def micro_batch_counts(self, counts: list[int]) -> list[int]:
         """*Collective* where forward passes are: the number of micro-batches each mini-batch must run on this rank
         (at least `counts`); the step pads with empty micro-batches up to it.
@@ -60,11 +74,15 @@ class Strategy:
         """Clip by the global gradient norm; returns the norm before clipping."""
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
-    def full_state(self, model: nn.Module) -> dict[str, Tensor]:
-        """*Collective*: the whole model's state (each tied tensor once, on the CPU) on rank 0; {} elsewhere."""
-        from kuberl_workers.trainer.weights import publishable_state
+    def publish(
+        self, directory: Path, version: int, model: nn.Module, keep: int, source: Path | None
+    ) -> tuple[Path, int] | None:
+        """*Collective*: write policy `version` for the rollout engines (trainer/weights.py `publish_weights`) from
+        rank 0; (its directory, bytes of tensors) on rank 0, None elsewhere.
+        """
+        from kuberl_workers.trainer.weights import publish_weights
 
-        return publishable_state(model) if self.rank == 0 else {}
+        return publish_weights(directory, version, model, keep, source) if self.rank == 0 else None
 
     def save_checkpoint(
         self, directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +96,87 @@ def publishable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a safetensors file, known before its data (a sharded parameter's global shape)."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * int(torch.Size(self.shape).numel())
+
+
+def safetensors_order(specs: Iterable[TensorSpec]) -> list[TensorSpec]:
+    """The order to write tensors in: larger elements first, then by name (as safetensors' own writer does), so
+    that every tensor starts at a multiple of its element size.
+    """
+    return sorted(specs, key=lambda spec: (-spec.dtype.itemsize, spec.name))
+
+
+def write_safetensors_stream(path: Path, specs: list[TensorSpec], tensors: Iterable[torch.Tensor]) -> int:
+    """Write a safetensors file whose header is known up front (`specs`, in file order: `safetensors_order`) from
+    `tensors`, which yields each tensor in that order and may produce it only then (a sharded parameter gathered
+    just before): the writer holds one tensor at a time, never the whole state. Returns the bytes of tensor data.
+
+    Format (https://github.com/huggingface/safetensors#format): an 8-byte little-endian header length, the JSON
+    header (name -> dtype, shape, [begin, end) offsets into the data; `__metadata__`), padded with spaces to 8
+    bytes, then the tensors' bytes back to back. Raises ValueError when a tensor does not match its spec or the
+    counts differ; the caller writes into a staging directory, so a failure leaves no partial version.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        header[spec.name] = {
+            "dtype": SAFETENSORS_DTYPES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    written = 0
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        for spec, tensor in zip(specs, tensors, strict=True):
+            if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+                raise ValueError(f"{spec.name}: got {tensor.dtype} {tuple(tensor.shape)}, the header says {spec}")
+            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+            handle.write(data.data)
+            written += spec.nbytes
+    return written
+
+
 def publish_weights(
     directory: Path,
     version: int,
     model: nn.Module,
     keep: int = 3,
     source: Path | None = None,
-    state: dict[str, torch.Tensor] | None = None,
+    write: Callable[[Path], int] | None = None,
 ) -> tuple[Path, int]:
     """Write the policy for the rollout engines: `weights-<version>/` with `model.safetensors` and the model's
     `config.json` (a directory `from_pretrained` loads, tied weights tied again), plus the tokenizer and generation
     files of `source` (COMPANION_FILES; the model's own generation config where `source` has none), renamed into
-    place atomically; the newest `keep` versions are kept. Returns (directory, bytes of tensors). `state`: the
-    tensors to write when the caller gathered them (a sharded model's `Strategy.full_state`), else the model's.
+    place atomically; the newest `keep` versions are kept. Returns (directory, bytes of tensors). `write(file)`
+    writes the tensors and returns their bytes when the caller streams them (a sharded model's gathered
+    parameters, trainer/fsdp2.py); by default the model's own `publishable_state` is saved.
     """
     from safetensors.torch import save_file
 
@@ -112,8 +184,13 @@ def publish_weights(
     staging = directory / f".{target.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    state = publishable_state(model) if state is None else state
-    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    if write is None:
+        state = publishable_state(model)
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        size = sum(v.numel() * v.element_size() for v in state.values())
+        del state
+    else:
+        size = write(staging / "model.safetensors")
     config: Any = getattr(unwrap(model), "config", None)
     if config is not None:
         config.save_pretrained(str(staging))
@@ -128,4 +205,4 @@ def publish_weights(
     staging.rename(target)
     for old in sorted(directory.glob(f"{WEIGHTS_PREFIX}-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return target, sum(v.numel() * v.element_size() for v in state.values())
+    return target, size
