@@ -191,3 +191,25 @@ def test_tied_embeddings_are_gathered_once_as_save_pretrained_writes_them(tmp_pa
     expected = publishable_state(_tied())
     assert "lm_head.weight" not in expected and set(gathered) == set(expected)
     assert all(torch.equal(gathered[k], v) for k, v in expected.items())
+
+
+def _alone(rank: int, directory: str, out: str) -> None:
+    """fsdp2 with trainer.replicas 1, as the trainer runs it: no process group set up beforehand."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    assert not dist.is_initialized()
+    strategy = make_strategy("fsdp2", StrategyOptions(0, 1, torch.device("cpu"), torch.float32))
+    model = strategy.load(Path(directory), torch.float32, lambda m: None)
+    reference = strategy.load(Path(directory), torch.float32, _freeze, trainable=False)
+    opt = make_optimizer(model, ALGO)
+    for step in range(len(GROUPS)):
+        _step(model, opt, step, strategy=strategy, reference=reference)
+    _publish(strategy, model, 0, out)
+    dist.destroy_process_group()
+
+
+def test_a_gang_of_one_runs_fsdp2_without_a_process_group_of_its_own(tiny: Path, tmp_path: Path) -> None:
+    """Validation accepts fsdp2 with replicas 1; the trainer sets up no process group for one rank."""
+    spawn(_alone, args=(str(tiny), str(tmp_path / "alone.pt")), nprocs=1, join=True)
+    single = _single(tiny)
+    got = dict(torch.load(tmp_path / "alone.pt", weights_only=True))
+    _assert_close(single, got)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,38 @@ def test_an_engine_source_that_broke_off_once_is_tried_again_before_the_trainer(
 
     path, source = asyncio.run(go())
     assert "127.0.0.1:9" not in source and path.read_bytes() == payload and len(calls) == 2
+
+
+def test_a_cancelled_fetch_stops_its_download_at_once(tmp_path: Path) -> None:
+    """The download runs in a thread blocked in recv: cancelling the fetch (the engine stops) must not wait for the
+    transfer or its stall limit; the half-arrived version is marked failed for the engines below."""
+    served, release = asyncio.Event(), asyncio.Event()
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 100 << 20
+        await response.prepare(request)
+        await response.write(b"x" * 1000)
+        served.set()
+        await release.wait()  # then nothing: a parent that hangs (until the test ends)
+        return response
+
+    async def go() -> tuple[bool, float]:
+        parent, parent_url = await _app({"/weights/{version}": trickle})
+        relay = Relay(tmp_path / "child")
+        try:
+            task = asyncio.create_task(relay.fetch(1, [f"{parent_url}/weights/1"], {}))
+            await asyncio.wait_for(served.wait(), 10)
+            began = asyncio.get_running_loop().time()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return relay.versions[1].failed, asyncio.get_running_loop().time() - began
+        finally:
+            release.set()
+            await parent.cleanup()
+
+    began = time.monotonic()
+    failed, cancel_seconds = asyncio.run(go())  # asyncio.run waits for the download thread to end
+    assert failed and cancel_seconds < 2.0
+    assert time.monotonic() - began < 15, "the download thread outlived the cancel"

@@ -116,6 +116,7 @@ class Rollout:
     def from_json(cls, data: dict[str, Any]) -> Rollout:
         data = dict(data)
         tokens, logprobs, versions = data.pop("output_ids"), data.pop("logprobs"), data.pop("versions")
+        data.pop("length", None), data.pop("pieces", None)  # derived from the tokens below
         rollout = cls(**data)
         start = 0
         for end in range(1, len(tokens) + 1):  # one piece per run of equal versions

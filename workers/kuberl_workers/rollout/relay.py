@@ -21,6 +21,7 @@ import http.client
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,9 @@ class Relay:
                 self.appeared.notify_all()
             try:
                 await self._download(source, headers, entry)
+            except asyncio.CancelledError:
+                entry.done = entry.failed = True  # the engine stops; an engine below reading it falls back
+                raise
             except (OSError, http.client.HTTPException, ValueError) as error:
                 failures.append(f"{source}: {type(error).__name__}: {error}")
                 await self._finish(entry, failed=True)
@@ -95,7 +99,14 @@ class Relay:
         def announce() -> None:  # from the receiving thread: wake the engines below, in the loop
             asyncio.run_coroutine_threadsafe(_notify(entry.changed), loop)
 
-        await asyncio.to_thread(_receive, source, headers, entry, announce)
+        connections: list[http.client.HTTPConnection] = []
+        try:
+            await asyncio.to_thread(_receive, source, headers, entry, announce, connections)
+        except asyncio.CancelledError:  # the engine stops: wake the thread blocked in recv, or it runs on
+            for connection in connections:
+                if connection.sock is not None:
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+            raise
         await _notify(entry.changed)
         if entry.written != entry.total:
             raise ValueError(f"got {entry.written} of {entry.total} bytes")
@@ -159,7 +170,13 @@ async def _notify(changed: asyncio.Condition) -> None:
         changed.notify_all()
 
 
-def _receive(source: str, headers: dict[str, str], entry: _Version, announce: Callable[[], None]) -> None:
+def _receive(
+    source: str,
+    headers: dict[str, str],
+    entry: _Version,
+    announce: Callable[[], None],
+    connections: list[http.client.HTTPConnection],
+) -> None:
     """GET `source` (http://) into `entry.path` as it arrives: `recv_into` a reused buffer, `os.write` it to the file,
     then count it in `entry.written` (so what `written` counts is in the file when a reader sees it), announcing
     every BLOCK. http.client's `readinto` reaches ~1 GB/s on loopback here, aiohttp's stream ~0.7
@@ -170,6 +187,7 @@ def _receive(source: str, headers: dict[str, str], entry: _Version, announce: Ca
     if url.scheme != "http" or not url.hostname:
         raise ValueError(f"not an http:// source: {source!r}")
     connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=CONNECT_SECONDS)
+    connections.append(connection)  # the caller shuts it down when it is cancelled
     try:
         connection.connect()
         assert connection.sock is not None

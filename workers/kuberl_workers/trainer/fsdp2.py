@@ -72,6 +72,9 @@ class FSDP2(Strategy):
         if options.world % group:
             raise ValueError(f"trainer.shardGroupSize: {group} does not divide trainer.replicas {options.world}")
         device_type = options.device.type
+        if options.world == 1 and not dist.is_initialized():  # a gang of one: FSDP2 still needs a process group
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)  # type: ignore[attr-defined]
         self.mesh: DeviceMesh = (
             init_device_mesh(device_type, (options.world,), mesh_dim_names=("shard",))
             if group == options.world
@@ -110,7 +113,8 @@ class FSDP2(Strategy):
             return super().load(directory, dtype, setup, trainable)
         if self.rank == 0:
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-            full = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            # fully_shard copies each parameter into its shard and leaves these: the full values rank 0 sends
+            full = {name: tensor.detach() for name, tensor in model.state_dict().items()}
         else:
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
@@ -150,14 +154,19 @@ class FSDP2(Strategy):
             for _ in gathered:  # the other ranks take part in every gather, in the same order
                 pass
             return None
-        return publish_weights(
-            directory,
-            version,
-            model,
-            keep,
-            source,
-            write=functools.partial(write_safetensors_stream, specs=specs, tensors=gathered),
-        )
+        try:
+            return publish_weights(
+                directory,
+                version,
+                model,
+                keep,
+                source,
+                write=functools.partial(write_safetensors_stream, specs=specs, tensors=gathered),
+            )
+        except BaseException:
+            for _ in gathered:  # finish the gathers the other ranks wait in, then fail (a full disk, say)
+                pass
+            raise
 
     def _gathered(self, model: nn.Module) -> tuple[list[TensorSpec], Iterator[Tensor]]:
         """The published tensors' specs (each tied tensor once, floating ones in the compute dtype, in file order)
@@ -176,10 +185,10 @@ class FSDP2(Strategy):
 
         def gather() -> Iterator[Tensor]:
             for spec in specs:
-                tensor = state[spec.name]
+                tensor = state[spec.name].detach().to(spec.dtype)  # cast the shard: half the bytes gathered in bf16
                 full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-                yield full.detach().to(device="cpu", dtype=spec.dtype) if self.rank == 0 else full
-                del full
+                yield full.to("cpu") if self.rank == 0 else full
+                del full, tensor
 
         return specs, gather()
 
