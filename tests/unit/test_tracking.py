@@ -54,12 +54,22 @@ def test_mlflow_run_gets_every_step_and_eval_and_a_restart_continues_it(tmp_path
     assert len(client.get_metric_history(run.info.run_id, "rollout/rewardMean")) == 3
 
 
+def _complete(rows: list[dict[str, Any]]) -> bool:
+    """Both steps' rewards and the evaluation are in the offline run's history."""
+    steps = {row.get("_step") for row in rows if "rollout/rewardMean" in row}
+    return steps >= {1, 2} and any("eval/passAt1" in row for row in rows)
+
+
 def test_wandb_offline_run_gets_every_step_and_eval(tmp_path: Path) -> None:
     cfg = _config(tmp_path, wandb={"project": "kuberl-test"})
     assert (cfg.reporting.wandbProject, cfg.reporting.wandbMode) == ("kuberl-test", "offline")
     _report(cfg)
     (run_dir,) = (tmp_path / "ckpt" / "wandb").glob("offline-run-*")
-    rows = history(run_dir)
+    # wandb's own writer process may still be appending the last records when finish() returns (seen once under
+    # load): read again for up to 20 s before judging
+    deadline = time.monotonic() + 20
+    while not _complete(rows := history(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     steps = {row["_step"]: row for row in rows if "rollout/rewardMean" in row}
     assert {s: r["rollout/rewardMean"] for s, r in steps.items()} == {1: 0.25, 2: 0.5}
     assert steps[1]["train/loss"] == -0.5 and steps[1]["time/rolloutSeconds"] == 2.0
