@@ -450,8 +450,9 @@ class Scheduler:
             if rollout.finish_reason is None:
                 rollout.age += 1
                 key = rollout.age
-            if rollout.pieces and version - rollout.pieces[0][2] > key:
-                key = version - rollout.pieces[0][2]
+            first = rollout.first_version
+            if first is not None and version - first > key:
+                key = version - first
             if key > oldest.get(rollout.group, -1):
                 oldest[rollout.group] = key
 

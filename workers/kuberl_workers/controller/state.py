@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 FINISH_REASONS = ("stop", "length")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -21,8 +22,8 @@ class Lease:
     started: float
 
 
-def _flat(parts: Iterable[tuple[int, ...]]) -> list[int]:
-    out: list[int] = []
+def _flat(parts: Iterable[tuple[T, ...]]) -> list[T]:
+    out: list[T] = []
     for part in parts:
         out += part
     return out
@@ -76,10 +77,7 @@ class Rollout:
 
     @property
     def logprobs(self) -> list[float]:
-        out: list[float] = []
-        for piece in self.pieces:
-            out += piece[1]
-        return out
+        return _flat(piece[1] for piece in self.pieces)
 
     @property
     def versions(self) -> list[int]:
