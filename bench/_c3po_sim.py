@@ -176,7 +176,9 @@ def simulate(
     names = [f"r{i}" for i in range(replicas)]
     for name in names:
         sched.lease(name, 0, 0.0)  # register every replica before the first lease, so Omega is shared evenly
-    zeros_i, zeros_f = [0] * cfg.chunk_tokens, [0.0] * cfg.chunk_tokens
+    # a fresh tuple per chunk result, as the controller's HTTP layer parses them (one longer than a chunk, so that
+    # no slice is the whole tuple, which Python would hand back instead of a new one)
+    zeros_i, zeros_f = (0,) * (cfg.chunk_tokens + 1), (0.0,) * (cfg.chunk_tokens + 1)
     events: list[tuple[float, int, int, Any]] = []  # (time, sequence, replica or -1 for a publish, payload)
     seq = 0
     idle = list(range(replicas))

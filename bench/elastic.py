@@ -26,7 +26,7 @@ from bench._emulator import access, describe
 from bench.common import arguments, stopwatch, summary, write
 from kuberl_operator import builders
 from kuberl_operator.reconcile import SCALE_ANNOTATION
-from kuberl_workers.controller.scheduler import Scheduler, SchedulerConfig, WorkerState
+from kuberl_workers.controller.scheduler import Scheduler, SchedulerConfig
 from support.specs import minimal_job
 
 JOB = "bench-elastic"
@@ -43,7 +43,7 @@ class Demand:
     def desired(self) -> int:
         cfg = SchedulerConfig(self.phi, 1, 8, 8, 1, 1, 8, 60.0)
         scheduler = Scheduler(cfg, lambda index: ([1], ""))
-        scheduler.workers = {"w": WorkerState(tokens_per_second=self.rate)}
+        scheduler.record_throughput("w", round(self.rate * 1000), 1000.0)  # one measured worker at `rate`
         return scheduler.desired_replicas(TARGET, self.lo, self.hi, 1)
 
     def reply(self, route: str, body: dict[str, Any] | None) -> dict[str, Any]:

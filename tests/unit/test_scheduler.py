@@ -355,3 +355,47 @@ def test_a_leased_chunk_keeps_its_context_while_the_rollout_grows() -> None:
     _finish(sched, second, "w", 3, False)  # the rollout grows to 6 tokens
     assert second.output_ids == [5, 5, 5] and json.dumps(second.to_json()) == before
     assert first.output_ids == [] and sched.rollouts[first.rollout_id].output_ids == [5] * 6
+
+
+def test_a_checkpoint_written_before_group_ages_restores_to_the_same_future() -> None:
+    """Checkpoints of earlier versions keep an age per rollout and no Group.born: restore derives the groups'
+    ages from them, and the restored scheduler purges and trains exactly as one restored from the current form."""
+    cfg = config(retention=1, token_budget=30, pool_capacity=24)
+    sched = Scheduler(cfg, source)
+    drive(sched, LENGTHS, steps=3)
+    for chunk in sched.lease("w0", 7, 50.0):  # partial rollouts of different ages in flight
+        sched.complete("w0", chunk.lease_id, [0], [-1.0], None, chunk.version)
+    state = json.loads(json.dumps(sched.state()))
+    assert any(sched.publishes - g.born >= 1 for g in sched.groups.values() if sched.index.unfinished_in(g.id))
+    old = json.loads(json.dumps(state))
+    by_id = {g["id"]: g for g in old["groups"]}
+    for rollout in old["rollouts"]:
+        group = by_id[rollout["group"]]
+        rollout["age"] = state["publishes"] - group["born"] if rollout["finish_reason"] is None else 0
+    for group in old["groups"]:
+        del group["born"], group["first_version"]
+    del old["publishes"]
+    current, earlier = Scheduler.restore(cfg, source, state), Scheduler.restore(cfg, source, old)
+    earlier.check_indexes()
+    for group in current.groups.values():  # the age of a group with rollouts in flight is what purges it
+        if current.index.unfinished_in(group.id):
+            assert earlier.publishes - earlier.groups[group.id].born == current.publishes - group.born
+    future_a, future_b = drive(current, LENGTHS, steps=4), drive(earlier, LENGTHS, steps=4)
+    assert [b.groups for b in future_a.batches] == [b.groups for b in future_b.batches]
+    assert current.counters == earlier.counters and current.counters.rollouts_purged > 0
+
+
+def test_the_lease_deadline_heap_stays_bounded_by_the_live_leases() -> None:
+    """One deadline entry per lease call; entries whose leases all ended are dropped once they outnumber twice
+    the live leases (and 4096), so a long lease period at thousands of calls does not pile them up."""
+    cfg = config(retention=2, token_budget=10**9, pool_capacity=8, group_size=2, chunk_tokens=1, prompts_per_step=10**9)
+    cfg = cfg.__class__(**{**cfg.__dict__, "max_new_tokens": 10**6, "lease_seconds": 10**6})
+    sched = Scheduler(cfg, source)
+    for call in range(6000):
+        (chunk,) = sched.lease("w", 1, float(call))
+        sched.complete("w", chunk.lease_id, [1], [-0.1], None, chunk.version)
+        sched.expire(float(call))  # nothing is due: only the compaction can shrink the heap
+    assert len(sched.index._deadlines) <= 4097
+    (held,) = sched.lease("w", 1, 6000.0)
+    sched.check_indexes()
+    assert sched.expire(6000.0 + 10**6) == 1 and sched.rollouts[held.rollout_id].lease is None

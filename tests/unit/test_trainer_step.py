@@ -228,3 +228,44 @@ def test_several_updates_make_the_ratio_and_clip_work(tmp_path: Path) -> None:
     many = train_step(model, opt, synthetic_batch(0), many_algo, temperature=1.0, pad_id=PAD_ID)
     assert many.updates == 4 and many.micro_batches == 4
     assert many.clipped_fraction > 0.0
+
+
+def test_ddp_in_bfloat16_keeps_float32_masters_so_small_updates_are_not_rounded_away(tmp_path: Path) -> None:
+    """The compute dtype bfloat16 (trainer default on GPUs): ddp loads float32 masters, runs forward under
+    autocast (the matmuls in bfloat16) and publishes in bfloat16. The same step on bfloat16 parameters (how ddp
+    trained before) loses most of its updates to rounding: a bfloat16 weight keeps 8 significant bits."""
+    from safetensors.torch import load_file
+
+    from kuberl_workers.trainer.strategy import DDP, StrategyOptions
+
+    directory = _tiny(tmp_path)
+    small = algo(learningRate=1e-5)  # AdamW moves each weight by ~lr: below a bfloat16 step for most of them
+    strategy = DDP(StrategyOptions(0, 1, torch.device("cpu"), torch.bfloat16))
+    assert strategy.master_dtype() == torch.float32
+
+    def changed_share(model: torch.nn.Module) -> float:
+        weight = model.get_parameter("model.layers.0.mlp.down_proj.weight")
+        before = weight.detach().clone()
+        train_step(
+            model,
+            make_optimizer(model, small),
+            synthetic_batch(0),
+            small,
+            temperature=1.0,
+            pad_id=PAD_ID,
+            strategy=strategy,
+        )
+        return float((weight.detach() != before).float().mean())
+
+    masters = LlamaForCausalLM.from_pretrained(str(directory), dtype=strategy.master_dtype())
+    matmuls: list[torch.dtype] = []
+    masters.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, out: matmuls.append(out.dtype))
+    pure = LlamaForCausalLM.from_pretrained(str(directory), dtype=torch.bfloat16)
+    masters_share, pure_share = changed_share(masters), changed_share(pure)
+    assert masters_share > 0.95 and pure_share < 0.5, (masters_share, pure_share)
+    assert matmuls and set(matmuls) == {torch.bfloat16}  # forward in the compute dtype
+
+    published = strategy.publish(tmp_path / "weights", 1, masters, keep=1, source=None)
+    assert published is not None
+    dtypes = {t.dtype for t in load_file(str(published[0] / "model.safetensors")).values()}
+    assert dtypes == {torch.bfloat16}, dtypes

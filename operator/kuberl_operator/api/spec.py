@@ -237,9 +237,10 @@ class TrainerSpec(ApiModel):
     strategy: Literal["ddp", "fsdp2"] = "ddp"
     """Data parallelism: `ddp` replicates the model and AdamW state on every rank (~16 bytes a parameter) and
     all-reduces gradients once per optimizer step: for models that fit one device. `fsdp2` shards parameters,
-    gradients and AdamW state over the gang (torch FSDP2, one unit per decoder layer; float32 master weights,
-    forward/backward in model.dtype), shards the KL reference model too, and checkpoints with
-    torch.distributed.checkpoint (restorable on another gang size). See shardGroupSize for hybrid sharding."""
+    gradients and AdamW state over the gang (torch FSDP2, one unit per decoder layer), shards the KL reference
+    model too, and checkpoints with torch.distributed.checkpoint (restorable on another gang size). See
+    shardGroupSize for hybrid sharding. Both keep float32 master weights and AdamW state, run forward/backward in
+    model.dtype (ddp under autocast, fsdp2 by its mixed-precision policy) and publish the weights in model.dtype."""
     shardGroupSize: int | None = Field(None, ge=1, le=4096)
     """fsdp2 only: ranks that shard one copy of the model (e.g. the GPUs of a node); copies are replicated across
     the replicas / shardGroupSize groups, so inter-group links carry only the gradient all-reduce (hybrid

@@ -7,11 +7,13 @@ tells this index every change; the index answers the questions the hot paths ask
 - the next chunks to lease: the unleased, unfinished rollouts with the fewest chunks, then the oldest (a binary heap
   of one int per entry, chunks << ID_BITS | id, with lazy deletion: a popped entry counts only if it is still the
   rollout's current key; ints compare several times faster than tuples, and a lease takes its k chunks in one call);
-- the leases a worker holds (a set per worker), and the leases past their deadline (a heap of deadlines, lazily
-  checked against the rollout's current lease, compacted when stale entries outnumber live ones);
+- the leases a worker holds (a set per worker), and the leases past their deadline (a heap with one entry per lease
+  call, whose chunks share a deadline; an entry's chunks are checked against their rollouts' current leases when it
+  falls due, and the heap is compacted when stale entries outnumber the live leases);
 - how many rollouts are in flight, whether some group has all its rollouts finished, and whether all are rewarded
   (counts per group).
 
+A completion is one call (`accepted` or `finished`), as it runs thousands of times a second at that scale.
 `check(rollouts, groups)` recomputes everything by scanning, for tests.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 
-from kuberl_workers.controller.state import Group, Rollout
+from kuberl_workers.controller.state import ChunkRequest, Group, Rollout
 
 ID_BITS = 40
 """Rollout ids below 2**40 (a trillion) share a heap entry with their chunk count."""
@@ -31,9 +33,9 @@ class PoolIndex:
     def __init__(self) -> None:
         self._todo_heap: list[int] = []
         self._todo: dict[int, int] = {}  # rollout id -> its key in the heap, while it waits for a lease
-        self.held: dict[str, set[int]] = {}  # worker -> ids of the rollouts it holds a lease on
-        self._deadlines: list[tuple[float, str, int]] = []  # (deadline, lease id, rollout id)
-        self._leases = 0  # leases held now (the live entries of _deadlines)
+        self.held: dict[str, set[int]] = {}  # worker -> ids of the rollouts it holds a lease on (may be empty)
+        self._deadlines: list[tuple[float, int, list[ChunkRequest]]] = []  # (deadline, call number, its chunks)
+        self._calls = 0
         self.unfinished = 0  # rollouts in flight (P)
         self._left: dict[int, int] = {}  # group id -> its rollouts not finished yet
         self._unrewarded: dict[int, int] = {}  # group id -> its rollouts without a reward yet
@@ -62,8 +64,6 @@ class PoolIndex:
         key = rollout.chunks << ID_BITS | rollout.id
         self._todo[rollout.id] = key
         heapq.heappush(self._todo_heap, key)
-        if len(self._todo_heap) > 2 * len(self._todo) + 1024:  # bound the stale entries
-            self._todo_heap = sorted(self._todo.values())
 
     def unqueue(self, rollout_id: int) -> None:
         self._todo.pop(rollout_id, None)
@@ -72,6 +72,8 @@ class PoolIndex:
         """Up to `count` ids of the least-advanced (then oldest) rollouts waiting for a lease, removed from the
         queue, in that order.
         """
+        if len(self._todo_heap) > 2 * len(self._todo) + 1024:  # bound the stale entries (checked once a call)
+            self._todo_heap = sorted(self._todo.values())
         heap, todo, pop = self._todo_heap, self._todo, heapq.heappop
         out: list[int] = []
         while heap and len(out) < count:
@@ -87,43 +89,51 @@ class PoolIndex:
 
     # --- leases ---------------------------------------------------------------------------------------------
 
-    def leased(self, worker: str, leases: list[tuple[float, str, int]]) -> None:
-        """`worker` holds these leases now: (deadline, lease id, rollout id) each."""
+    def leased(self, worker: str, rollout_ids: list[int], chunks: list[ChunkRequest], deadline: float) -> None:
+        """`worker` holds these leases now, one per rollout, until `deadline`."""
         held = self.held.get(worker)
         if held is None:
             held = self.held[worker] = set()
-        push, deadlines = heapq.heappush, self._deadlines
-        for entry in leases:
-            held.add(entry[2])
-            push(deadlines, entry)
-        self._leases += len(leases)
+        held.update(rollout_ids)
+        self._calls += 1
+        heapq.heappush(self._deadlines, (deadline, self._calls, chunks))
 
     def unleased(self, rollout_id: int, worker: str) -> None:
         held = self.held.get(worker)
-        if held is not None and rollout_id in held:
-            held.remove(rollout_id)
-            self._leases -= 1
-            if not held:
-                del self.held[worker]
+        if held is not None:
+            held.discard(rollout_id)
+
+    def accepted(self, rollout: Rollout, worker: str) -> None:
+        """`worker`'s lease on `rollout` ended with its chunk accepted (the chunk is counted); the rollout waits for
+        its next chunk's lease. The same as unleased + queue, in one call.
+        """
+        self.held[worker].discard(rollout.id)
+        key = rollout.chunks << ID_BITS | rollout.id
+        self._todo[rollout.id] = key
+        heapq.heappush(self._todo_heap, key)
 
     def held_by(self, worker: str) -> int:
-        return len(self.held.get(worker, ()))
+        held = self.held.get(worker)
+        return 0 if held is None else len(held)
 
-    def due(self, now: float) -> Iterable[tuple[str, int]]:
-        """(lease id, rollout id) of every lease entry whose deadline is <= now, removed; the caller checks that
-        it is still the rollout's current lease.
+    def forget(self, worker: str) -> set[int]:
+        """The ids of the rollouts `worker` holds leases on, no longer counted as its (it is gone)."""
+        return self.held.pop(worker, set())
+
+    def due(self, now: float) -> Iterable[ChunkRequest]:
+        """Every leased chunk whose deadline is <= now, removed; the caller checks that it is still its rollout's
+        current lease.
         """
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, lease_id, rollout_id = heapq.heappop(self._deadlines)
-            yield lease_id, rollout_id
+            yield from heapq.heappop(self._deadlines)[2]
 
-    def compact_deadlines(self, current: Callable[[int, str], bool]) -> None:
-        """Drop deadline entries of leases that ended (`current(rollout id, lease id)` is False), once they
-        outnumber the live ones: a completed lease leaves its entry behind until its deadline, and thousands of
-        chunks a second within a lease period would otherwise pile up.
+    def compact_deadlines(self, current: Callable[[ChunkRequest], bool]) -> None:
+        """Drop the entries whose leases have all ended (`current(chunk)` is False), once there are more entries
+        than twice the live leases: a completed lease leaves its entry behind until its deadline, and hundreds of
+        lease calls a second within a lease period would otherwise pile up.
         """
-        if len(self._deadlines) > 2 * self._leases + 4096:
-            self._deadlines = [e for e in self._deadlines if current(e[2], e[1])]
+        if len(self._deadlines) > 4096 and len(self._deadlines) > 2 * sum(len(h) for h in self.held.values()):
+            self._deadlines = [e for e in self._deadlines if any(current(chunk) for chunk in e[2])]
             heapq.heapify(self._deadlines)
 
     # --- groups and rollouts ----------------------------------------------------------------------------------
@@ -132,15 +142,22 @@ class PoolIndex:
         size = len(group.rollouts)
         self._left[group.id] = self._unrewarded[group.id] = size
         self.unfinished += size
-        for rollout in rollouts:
-            self.queue(rollout)
+        todo, heap, push = self._todo, self._todo_heap, heapq.heappush
+        for rollout in rollouts:  # queue(rollout) for each, without the calls
+            key = todo[rollout.id] = rollout.chunks << ID_BITS | rollout.id
+            push(heap, key)
 
-    def finished(self, rollout: Rollout) -> None:
-        """`rollout` (just completed, lease cleared) has finished."""
+    def finished(self, rollout: Rollout, worker: str) -> None:
+        """`worker`'s lease on `rollout` ended with its last chunk accepted: the rollout has finished."""
+        self.held[worker].discard(rollout.id)
         self.unfinished -= 1
-        self._left[rollout.group] -= 1
-        if self._left[rollout.group] == 0:
+        left = self._left[rollout.group] = self._left[rollout.group] - 1
+        if left == 0:
             self.finished_groups.add(rollout.group)
+
+    def unfinished_in(self, group_id: int) -> int:
+        """Rollouts of `group_id` not finished yet."""
+        return self._left[group_id]
 
     def rewarded(self, group_id: int) -> bool:
         """A rollout of `group_id` got its first reward; True when every rollout of the group has one now."""
@@ -165,8 +182,15 @@ class PoolIndex:
         for rollout in rollouts.values():
             if rollout.lease is not None:
                 holders.setdefault(rollout.lease.worker, set()).add(rollout.id)
-        assert self.held == holders, (self.held, holders)
-        assert self._leases == sum(len(ids) for ids in holders.values()), (self._leases, holders)
+        held = {worker: ids for worker, ids in self.held.items() if ids}
+        assert held == holders, (held, holders)
+        live = {
+            chunk.rollout_id
+            for _, _, chunks in self._deadlines
+            for chunk in chunks
+            if (owner := rollouts.get(chunk.rollout_id)) is not None and owner.lease is chunk
+        }
+        assert live == {i for ids in holders.values() for i in ids}, "a lease without a deadline entry"
         unrewarded = {g.id: sum(1 for i in g.rollouts if rollouts[i].reward is None) for g in groups.values()}
         assert self._unrewarded == unrewarded, (self._unrewarded, unrewarded)
         assert self.unfinished == sum(1 for r in rollouts.values() if not r.finished)

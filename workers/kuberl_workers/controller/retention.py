@@ -16,8 +16,13 @@ lengths and throughput; it is deterministic, so a restored controller makes the 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from kuberl_workers.controller.state import Group, Rollout, SchedulerConfig
+
+if TYPE_CHECKING:
+    from kuberl_workers.controller.pool_index import PoolIndex
 
 WINDOW = 4
 
@@ -54,3 +59,35 @@ class AutoRetention:
         self.sigma = min(int(state["sigma"]), self.max_sigma)
         self.history = deque(((int(g), int(p)) for g, p in state["history"]), maxlen=WINDOW - 1)
         self.quiet = int(state["quiet"])
+
+
+def auto_retention(cfg: SchedulerConfig) -> AutoRetention | None:
+    """The job's automatic retention, or None when c3po.retention fixes sigma."""
+    return None if cfg.retention is not None else AutoRetention(cfg.max_purged_share, cfg.max_retention)
+
+
+def purge_candidates(
+    groups: Mapping[int, Group],
+    rollouts: Mapping[int, Rollout],
+    index: PoolIndex,
+    publishes: int,
+    version: int,
+    sigma: int,
+) -> list[tuple[int, int, int]]:
+    """(group id, key, tokens) of each group with key > `sigma`, at the publish of `version` (the `publishes`-th).
+
+    A group's key is the larger of its unfinished rollouts' age (publishes lived through unfinished: all G were
+    admitted together, at Group.born) and its oldest token's age in versions; a group is purged past sigma by
+    either. A rollout that finished between the step's close and this publish was not in flight, yet its oldest
+    token may be sigma + 1 versions old by the next step, and no trained token may be older than sigma. `tokens`
+    is what purging the group would waste. One pass over the groups, not the rollouts.
+    """
+    out = []
+    for group in groups.values():
+        key = publishes - group.born if index.unfinished_in(group.id) else -1
+        first = group.first_version
+        if first is not None and version - first > key:
+            key = version - first
+        if key > sigma:
+            out.append((group.id, key, sum(rollouts[i].length for i in group.rollouts)))
+    return out

@@ -24,25 +24,23 @@ Cost: a lease of k chunks, a completion, a release and an expiry are O(k log n) 
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from kuberl_workers.controller import scheduler_state
 from kuberl_workers.controller.pool_index import PoolIndex
-from kuberl_workers.controller.retention import AutoRetention
+from kuberl_workers.controller.retention import auto_retention, purge_candidates
+from kuberl_workers.controller.shares import WorkerShares, WorkerState
 from kuberl_workers.controller.state import (
     FINISH_REASONS,
     Batch,
     ChunkRequest,
     Counters,
     Group,
-    Lease,
     Rollout,
     SchedulerConfig,
-    WorkerRates,
-    WorkerState,
-    ewma,
+    batch_group,
 )
 
 # The scheduler's value types live in state.py; importers of this module get them here too.
@@ -53,12 +51,11 @@ MAX_CHUNK_FAILURES = 3
 dropped, counted and logged, and a fresh group takes its place in the step, so one poison prompt costs only
 itself, never its batch or the job."""
 
+_new_chunk = tuple.__new__
+"""Builds a ChunkRequest from one tuple of its fields (a NamedTuple's generated constructor costs twice as much)."""
+
 PromptSource = Callable[[int], tuple[list[int], str] | None]
 """prompt index -> (prompt token ids, reference answer), or None to skip that prompt (too long)."""
-
-
-def _auto(cfg: SchedulerConfig) -> AutoRetention | None:
-    return None if cfg.retention is not None else AutoRetention(cfg.max_purged_share, cfg.max_retention)
 
 
 class Scheduler:
@@ -84,12 +81,12 @@ class Scheduler:
         self.awaiting_weights = False
         self.next_id = 0
         self.lease_seq = 0
-        self.workers: dict[str, WorkerState] = {}
-        self._rates = WorkerRates()
+        self.shares = WorkerShares()
         self.counters = Counters()
         self.index = PoolIndex()
-        self.auto_retention = _auto(cfg)
+        self.auto_retention = auto_retention(cfg)
         self.generated_at_publish = 0  # counters.tokens_generated at the last publish
+        self.publishes = 0  # weights_published calls that opened a step: the clock of rollout ages (Group.born)
         self.refill()
 
     # --- the inference pool ------------------------------------------------------------------------------
@@ -121,11 +118,11 @@ class Scheduler:
                 continue
             prompt_ids, answer = example
             prompt = list(prompt_ids)  # one copy shared by the group's rollouts: nothing changes a prompt
-            group = Group(id=self.next_id, prompt_index=index, answer=answer, rollouts=[], requeued=requeued)
+            group = Group(self.next_id, index, answer, [], requeued, self.publishes)
             members = []
             for sample in range(self.cfg.group_size):
                 self.next_id += 1
-                rollout = Rollout(id=self.next_id, group=group.id, sample=sample, prompt_ids=prompt)
+                rollout = Rollout(self.next_id, group.id, sample, prompt)
                 self.rollouts[rollout.id] = rollout
                 group.rollouts.append(rollout.id)
                 members.append(rollout)
@@ -135,22 +132,6 @@ class Scheduler:
             self.admitted += 1
 
     # --- leases ----------------------------------------------------------------------------------------
-
-    def _quota(self, worker: str) -> int:
-        """Rollouts a worker may hold at once: its throughput's share of Omega (equal shares until measured; an
-        unmeasured worker counts as the mean measured one).
-        """
-        r = self._rates
-        default = r.measured_sum / r.measured if r.measured else 1.0
-        total = r.measured_sum + (r.active - r.measured) * default
-        return max(1, math.ceil(self.cfg.pool_capacity * (self.workers[worker].tokens_per_second or default) / total))
-
-    def _register(self, worker: str) -> WorkerState:
-        state = self.workers.get(worker)
-        if state is None:
-            state = self.workers[worker] = WorkerState()
-            self._rates.active += 1
-        return state
 
     def _closing(self) -> bool:
         """sigma > 0 and the budget is met with a whole group finished: generation stops for this step (the
@@ -164,46 +145,51 @@ class Scheduler:
         """Hand `worker` up to `max_rollouts` chunks (none while draining, while the step is closing, or while
         new weights are awaited).
         """
-        state = self._register(worker)
+        state = self.shares.workers.get(worker) or self.shares.register(worker)
         if state.draining or self.awaiting_weights or max_rollouts <= 0 or self._closing():
             return []
-        room = min(max_rollouts, self._quota(worker) - self.index.held_by(worker))
+        index = self.index
         # least-advanced first, then oldest: every rollout in P advances a chunk per round, as in the paper's
         # "generate for every rollout in P in parallel", even when engines take fewer than Omega at once
-        taken = self.index.take(room)
+        taken = index.take(min(max_rollouts, self.shares.quota(worker, self.cfg.pool_capacity) - index.held_by(worker)))
         if not taken:
             return []
-        cfg, rollouts, version = self.cfg, self.rollouts, self.version
-        deadline, seed = now + cfg.lease_seconds, cfg.seed * 1_000_003
+        cfg, rollouts, version, seq = self.cfg, self.rollouts, self.version, self.lease_seq
+        chunk_tokens, max_new, seed = cfg.chunk_tokens, cfg.max_new_tokens, cfg.seed * 1_000_003
         out: list[ChunkRequest] = []
-        leases: list[tuple[float, str, int]] = []
-        for rollout_id in taken:
+        for rollout_id in taken:  # the controller's hottest loop: one tuple per chunk and no calls of our own
             rollout = rollouts[rollout_id]
-            self.lease_seq += 1
-            lease_id = f"{rollout_id}-{self.lease_seq}"
-            rollout.lease = Lease(lease_id, worker, deadline, now)
-            leases.append((deadline, lease_id, rollout_id))
-            out.append(
-                ChunkRequest(
-                    lease_id,
+            seq += 1
+            length, pieces = rollout.length, rollout.pieces
+            left = max_new - length
+            rollout.lease = chunk = _new_chunk(
+                ChunkRequest,
+                (
+                    f"{rollout_id}-{seq}",
                     rollout_id,
                     rollout.prompt_ids,
-                    rollout.pieces,
-                    len(rollout.pieces),
-                    rollout.length,
-                    min(cfg.chunk_tokens, cfg.max_new_tokens - rollout.length),
+                    pieces,
+                    len(pieces),
+                    length,
+                    chunk_tokens if chunk_tokens < left else left,
                     version,
                     (seed + rollout_id * 7_919 + rollout.chunks) % 2**31,
-                )
+                    worker,
+                ),
             )
-        self.index.leased(worker, leases)
+            out.append(chunk)
+        self.lease_seq = seq
+        index.leased(worker, taken, out, now + cfg.lease_seconds)
         return out
 
     def _find_lease(self, lease_id: str, worker: str) -> Rollout | None:
-        rollout_id = lease_id.partition("-")[0]
-        rollout = self.rollouts.get(int(rollout_id)) if (rollout_id.isascii() and rollout_id.isdigit()) else None
-        lease = rollout.lease if rollout is not None else None
-        if lease is None or lease.id != lease_id or lease.worker != worker:
+        """The rollout whose current lease is `lease_id`, held by `worker`; None for a stale or unknown id."""
+        try:  # "<rollout id>-<sequence>"; the comparison below refuses anything lease() did not write
+            rollout = self.rollouts.get(int(lease_id[: lease_id.index("-")]))
+        except ValueError:
+            return None
+        chunk = rollout.lease if rollout is not None else None
+        if chunk is None or chunk.lease_id != lease_id or chunk.worker != worker:
             return None
         return rollout
 
@@ -211,45 +197,60 @@ class Scheduler:
         self,
         worker: str,
         lease_id: str,
-        new_ids: list[int],
-        logprobs: list[float],
+        new_ids: Sequence[int],
+        logprobs: Sequence[float],
         finish_reason: str | None,
         version: int,
     ) -> Rollout | None:
         """Accept a chunk's result if `lease_id` is still the rollout's current lease; None if stale.
 
+        The rollout keeps `new_ids` and `logprobs` as tuples: a tuple is kept as it is (the HTTP layer parses them
+        so), any other sequence is copied into one.
+
         Returns the rollout, which has finished when `finish_reason` is set (the caller computes its reward).
+        Raises ValueError, changing nothing, for a result the lease did not ask for.
         """
-        rollout = self._find_lease(lease_id, worker)
-        if rollout is None:
+        try:  # _find_lease, inlined: this runs once per chunk
+            rollout = self.rollouts.get(int(lease_id[: lease_id.index("-")]))
+        except ValueError:
+            rollout = None
+        chunk = rollout.lease if rollout is not None else None
+        if chunk is None or chunk.lease_id != lease_id or chunk.worker != worker:
             self.counters.leases_rejected += 1
             return None
-        cfg, count = self.cfg, len(new_ids)
+        assert rollout is not None
+        cfg, count, pieces = self.cfg, len(new_ids), rollout.pieces
         length = rollout.length + count
-        if count != len(logprobs) or count > cfg.chunk_tokens or length > cfg.max_new_tokens:
+        if count != len(logprobs) or count > chunk.max_tokens:
             raise ValueError(
                 f"chunk of {count} tokens with {len(logprobs)} logprobs for a lease of at most "
-                f"{min(cfg.max_new_tokens - rollout.length, cfg.chunk_tokens)} tokens"
+                f"{chunk.max_tokens} tokens"
             )
         if finish_reason is not None and finish_reason not in FINISH_REASONS:
             raise ValueError(f"finishReason must be one of {FINISH_REASONS} or null, got {finish_reason!r}")
-        last = rollout.last_version
-        if last is not None and version < last:  # the first version is then the oldest (publish)
-            raise ValueError(f"version {version} is older than the rollout's last chunk's ({last})")
-        self._unlease(rollout)
-        rollout.add(new_ids, logprobs, version)
+        if pieces:
+            if version < pieces[-1][2]:  # the first version is then the oldest (publish)
+                raise ValueError(f"version {version} is older than the rollout's last chunk's ({pieces[-1][2]})")
+        else:
+            group = self.groups[rollout.group]
+            if group.first_version is None or version < group.first_version:
+                group.first_version = version
+        rollout.lease = None
+        pieces.append((tuple(new_ids), tuple(logprobs), version))
+        rollout.length = length
         rollout.chunks += 1
         self.counters.tokens_generated += count
-        if finish_reason is None and length >= cfg.max_new_tokens:
-            finish_reason = "length"
         if finish_reason is None:
-            self.index.queue(rollout)
-            return rollout
+            if length < cfg.max_new_tokens:
+                self.index.accepted(rollout, worker)
+                return rollout
+            finish_reason = "length"
         rollout.finish_reason = finish_reason
         rollout.finished_in_step = self.step
-        self.index.finished(rollout)
+        index = self.index
+        index.finished(rollout, worker)
         self.budget_used += length
-        if self.index.unfinished + cfg.group_size <= cfg.pool_capacity:  # the cheap half of refill's test first
+        if index.unfinished + cfg.group_size <= cfg.pool_capacity:  # the cheap half of refill's test first
             self.refill()
         return rollout
 
@@ -311,58 +312,50 @@ class Scheduler:
 
     def worker_lost(self, worker: str) -> int:
         """A worker died (missed heartbeats, pod gone): every lease it held returns to the queue."""
-        lost = [self.rollouts[i] for i in sorted(self.index.held.get(worker, ()))]
+        lost = [self.rollouts[i] for i in sorted(self.index.forget(worker))]
         for rollout in lost:
-            self._requeue(rollout)
+            rollout.lease = None
+            self.index.queue(rollout)
         self.counters.leases_requeued += len(lost)
-        state = self.workers.pop(worker, None)
-        if state is not None:
-            self._rates.forget(state)
+        self.shares.remove(worker)
         return len(lost)
 
     def expire(self, now: float) -> int:
         """Leases past their deadline return to the queue (a stalled worker's late result is then refused)."""
         expired = 0
-        for lease_id, rollout_id in list(self.index.due(now)):
-            if self._holds(rollout_id, lease_id):
-                self._requeue(self.rollouts[rollout_id])
+        for chunk in list(self.index.due(now)):
+            if self._current(chunk):
+                self._requeue(self.rollouts[chunk.rollout_id])
                 expired += 1
         self.counters.leases_requeued += expired
-        self.index.compact_deadlines(self._holds)
+        self.index.compact_deadlines(self._current)
         return expired
 
-    def _holds(self, rollout_id: int, lease_id: str) -> bool:
-        """`lease_id` is still the current lease of rollout `rollout_id`."""
-        rollout = self.rollouts.get(rollout_id)
-        return rollout is not None and rollout.lease is not None and rollout.lease.id == lease_id
+    def _current(self, chunk: ChunkRequest) -> bool:
+        """`chunk` is still the current lease of its rollout."""
+        rollout = self.rollouts.get(chunk.rollout_id)
+        return rollout is not None and rollout.lease is chunk
 
     def record_throughput(self, worker: str, tokens: int, seconds: float) -> None:
-        if seconds > 0 and tokens > 0:
-            state = self._register(worker)
-            self._rates.forget(state)
-            state.tokens_per_second = ewma(state.tokens_per_second, tokens / seconds)
-            self._rates.add(state)
+        self.shares.record(worker, tokens, seconds)
 
     def check_indexes(self) -> None:
         """Raise AssertionError where an index disagrees with a scan of the pool or the workers (for tests)."""
         self.index.check(self.rollouts, self.groups)
-        scan = WorkerRates()
-        for state in self.workers.values():
-            scan.add(state)
-        assert (scan.active, scan.measured) == (self._rates.active, self._rates.measured), (scan, self._rates)
-        assert math.isclose(scan.measured_sum, self._rates.measured_sum, rel_tol=1e-9, abs_tol=1e-6)
+        self.shares.check()
         assert self._ready == set(self.ready)
+        for group in self.groups.values():  # the per-group fields the publish reads instead of a scan
+            firsts = [f for f in (self.rollouts[i].first_version for i in group.rollouts) if f is not None]
+            assert group.first_version == min(firsts, default=None), (group, firsts)
+            assert group.born <= self.publishes, (group, self.publishes)
 
     def forget_workers(self) -> None:
         """Forget every worker's state and throughput, as a restart does (leases are not touched)."""
-        self.workers, self._rates = {}, WorkerRates()
+        self.shares = WorkerShares()
 
     def drain(self, worker: str) -> int:
         """Stop leasing to `worker`; returns how many leases it still holds (0 means it may be stopped)."""
-        state = self._register(worker)
-        if not state.draining:
-            self._rates.forget(state)
-            state.draining = True
+        self.shares.drain(worker)
         return self.index.held_by(worker)
 
     # --- rewards and the training pool ------------------------------------------------------------------
@@ -406,24 +399,7 @@ class Scheduler:
             self.done.append((group.prompt_index, self.step))
             members = [self.rollouts.pop(i) for i in group.rollouts]
             self.index.removed(group_id, members)
-            groups.append(
-                {
-                    "promptIndex": group.prompt_index,
-                    "answer": group.answer,
-                    "promptIds": members[0].prompt_ids,
-                    "rollouts": [
-                        {
-                            "outputIds": r.output_ids,
-                            "logprobs": r.logprobs,
-                            "versions": r.versions,
-                            "reward": r.reward,
-                            "scores": r.scores,
-                            "finishReason": r.finish_reason,
-                        }
-                        for r in members
-                    ],
-                }
-            )
+            groups.append(batch_group(group, members))
         batch = Batch(step=self.step, groups=groups)
         self.ready, self._ready = [], set()
         self.step += 1
@@ -433,41 +409,28 @@ class Scheduler:
         return batch
 
     def weights_published(self, version: int) -> None:
-        """The trainers published `version`: age the carried-over rollouts, purge past sigma, refill."""
+        """The trainers published `version`: the carried-over rollouts age by one, groups past sigma are purged,
+        and P is refilled.
+        """
         self.version = version
         if not self.awaiting_weights:
             return
         self.awaiting_weights = False
-        # One pass: age the carried-over (unfinished) rollouts, and note per group the largest of its rollouts'
-        # ages and its oldest token's age in versions. A group is purged past sigma by either: a rollout that
-        # finished between the step's close and this publish was not in flight, yet its oldest token may be
-        # sigma + 1 versions old by the next step, and no trained token may be older than sigma.
-        oldest: dict[int, int] = {}
-        tokens: dict[int, int] = {}  # group -> its rollouts' tokens (what purging it would waste)
-        for rollout in self.rollouts.values():
-            tokens[rollout.group] = tokens.get(rollout.group, 0) + rollout.length
-            key = -1
-            if rollout.finish_reason is None:
-                rollout.age += 1
-                key = rollout.age
-            first = rollout.first_version
-            if first is not None and version - first > key:
-                key = version - first
-            if key > oldest.get(rollout.group, -1):
-                oldest[rollout.group] = key
-
-        def purge_set(sigma: int) -> set[int]:
-            return {group for group, key in oldest.items() if key > sigma}
+        self.publishes += 1
+        lowest = 1 if self.auto_retention is not None else self.retention  # the smallest sigma it may purge with
+        candidates = purge_candidates(self.groups, self.rollouts, self.index, self.publishes, version, lowest)
 
         def purged_at(sigma: int) -> int:
-            return sum(tokens[group] for group, key in oldest.items() if key > sigma)
+            return sum(tokens for _, key, tokens in candidates if key > sigma)
 
         generated = self.counters.tokens_generated - self.generated_at_publish
         self.generated_at_publish = self.counters.tokens_generated
         sigma = self.cfg.retention if self.auto_retention is None else self.auto_retention.choose(generated, purged_at)
         assert sigma is not None
-        for group_id in sorted(purge_set(sigma)):
-            self.counters.tokens_purged += tokens[group_id]
+        for group_id, key, tokens in sorted(candidates):  # in admission order
+            if key <= sigma:
+                continue
+            self.counters.tokens_purged += tokens
             group = self._discard(group_id)
             self.counters.rollouts_purged += len(group.rollouts)
             if group.requeued or group.prompt_index in self.requeued_once:
@@ -493,64 +456,26 @@ class Scheduler:
         return self.budget_used / self.cfg.token_budget
 
     def desired_replicas(self, target_step_seconds: float, lo: int, hi: int, current: int) -> int:
-        """Rollout replicas needed to generate Phi tokens within the target time at the measured per-replica
-        throughput, clamped to [lo, hi]; `current` (clamped) while nothing is measured yet.
-        """
-        rates = [s.tokens_per_second for s in self.workers.values() if s.tokens_per_second and not s.draining]
-        if not rates:
-            return min(max(current, lo), hi)
-        per_replica = sum(rates) / len(rates)
-        needed = math.ceil(self.cfg.token_budget / (target_step_seconds * per_replica))
-        return min(max(needed, lo), hi)
+        """Rollout replicas needed to generate Phi tokens within the target time (WorkerShares.desired_replicas)."""
+        return self.shares.desired_replicas(self.cfg.token_budget, target_step_seconds, lo, hi, current)
 
-    # --- checkpoint state ------------------------------------------------------------------------------
+    @property
+    def workers(self) -> dict[str, WorkerState]:
+        """What the scheduler knows of each rollout worker (read-only outside the scheduler)."""
+        return self.shares.workers
+
+    # --- checkpoint state (controller/scheduler_state.py) -----------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue with the same data: leases are dropped (their work returns to TODO)."""
-        return {
-            "rollouts": [r.to_json() for r in self.rollouts.values()],
-            "groups": [g.to_json() for g in self.groups.values()],
-            "ready": self.ready,
-            "requeue": list(self.requeue),
-            "requeuedOnce": sorted(self.requeued_once),
-            "done": self.done,
-            "dropped": self.dropped,
-            "failed": self.failed,
-            "cursor": self.cursor,
-            "step": self.step,
-            "version": self.version,
-            "budgetUsed": self.budget_used,
-            "admitted": self.admitted,
-            "awaitingWeights": self.awaiting_weights,
-            "nextId": self.next_id,
-            "leaseSeq": self.lease_seq,
-            "counters": self.counters.__dict__,
-            "autoRetention": self.auto_retention.state() if self.auto_retention else None,
-            "generatedAtPublish": self.generated_at_publish,
-        }
+        return scheduler_state.write(self)
 
     @classmethod
     def restore(cls, cfg: SchedulerConfig, source: PromptSource, state: dict[str, Any]) -> Scheduler:
+        """The scheduler of a checkpoint's `state` (this version's form or an earlier one's)."""
         self = cls.__new__(cls)
         self.cfg, self.source = cfg, source
-        self.rollouts = {r["id"]: Rollout.from_json(r) for r in state["rollouts"]}
-        self.groups = {g["id"]: Group.from_json(g) for g in state["groups"]}
-        self.ready = list(state["ready"])
-        self._ready = set(self.ready)
-        self.requeue = deque(state["requeue"])
-        self.requeued_once = set(state["requeuedOnce"])
-        self.done = [(int(index), int(step)) for index, step in state["done"]]
-        self.dropped = list(state["dropped"])
-        self.failed = {int(index): why for index, why in state.get("failed", {}).items()}
-        self.cursor, self.step, self.version = state["cursor"], state["step"], state["version"]
-        self.budget_used, self.admitted = state["budgetUsed"], state["admitted"]
-        self.awaiting_weights = state["awaitingWeights"]
-        self.next_id, self.lease_seq = state["nextId"], state["leaseSeq"]
-        self.workers, self._rates = {}, WorkerRates()
-        self.counters = Counters(**state["counters"])
-        self.index = PoolIndex.rebuild(self.rollouts, self.groups)
-        self.auto_retention = _auto(cfg)
-        if self.auto_retention is not None and state.get("autoRetention"):
-            self.auto_retention.restore(state["autoRetention"])
-        self.generated_at_publish = int(state.get("generatedAtPublish", self.counters.tokens_generated))
+        self.shares = WorkerShares()  # throughput is re-measured after a restart
+        self.auto_retention = auto_retention(cfg)
+        scheduler_state.read(self, state)
         return self

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,9 +307,9 @@ class Controller:
         task.add_done_callback(self._pending_rewards.discard)
         return True
 
-    def _reward_input(self, index: int, output_ids: list[int], answer: str, prompts: PromptSet) -> RewardInput:
+    def _reward_input(self, index: int, output_ids: Sequence[int], answer: str, prompts: PromptSet) -> RewardInput:
         prompt, _ = prompts.example(index)
-        return RewardInput(prompt, self.tokenizer.decode(output_ids), answer, prompts.row(index))
+        return RewardInput(prompt, self.tokenizer.decode(list(output_ids)), answer, prompts.row(index))
 
     def _eval_done(self, summary: dict[str, Any]) -> None:
         self.last_eval = summary

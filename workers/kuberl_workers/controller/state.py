@@ -6,20 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 FINISH_REASONS = ("stop", "length")
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Lease:
-    """A chunk of one rollout handed to one worker until `deadline` (monotonic seconds)."""
-
-    id: str
-    worker: str
-    deadline: float
-    started: float
 
 
 def _flat(parts: Iterable[tuple[T, ...]]) -> list[T]:
@@ -52,8 +42,6 @@ class Rollout:
     """Accepted chunks in order; only ever appended to (a leased chunk's context is a prefix of it)."""
     length: int = 0
     """Tokens generated so far (the pieces' total)."""
-    age: int = 0
-    """Policy updates this rollout has lived through while unfinished (C3PO++ retention period)."""
     chunks: int = 0
     """Chunks accepted so far; part of each lease id and of the engine's sampling seed."""
     finish_reason: str | None = None
@@ -64,7 +52,8 @@ class Rollout:
     """The step whose token budget C this rollout's length was added to (when it finished)."""
     failures: int = 0
     """Chunks of this rollout that failed (the engine refused them, or their result was invalid)."""
-    lease: Lease | None = None
+    lease: ChunkRequest | None = None
+    """The chunk leased now (its `worker` holds it), or None."""
 
     @property
     def finished(self) -> bool:
@@ -105,7 +94,7 @@ class Rollout:
         """The checkpoint form: flat per-token lists (leases do not survive a restart: their work returns to the
         queue).
         """
-        out = {name: getattr(self, name) for name in self.__slots__ if name not in ("pieces", "length", "lease")}
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__ if name not in _DERIVED}
         out.update(prompt_ids=list(self.prompt_ids), scores=dict(self.scores))
         out.update(output_ids=self.output_ids, logprobs=self.logprobs, versions=self.versions)
         return out
@@ -114,7 +103,8 @@ class Rollout:
     def from_json(cls, data: dict[str, Any]) -> Rollout:
         data = dict(data)
         tokens, logprobs, versions = data.pop("output_ids"), data.pop("logprobs"), data.pop("versions")
-        data.pop("length", None), data.pop("pieces", None)  # derived from the tokens below
+        for name in _DERIVED:  # derived from the tokens below, or not kept ("age": see Group.born)
+            data.pop(name, None)
         rollout = cls(**data)
         start = 0
         for end in range(1, len(tokens) + 1):  # one piece per run of equal versions
@@ -124,7 +114,31 @@ class Rollout:
         return rollout
 
 
-@dataclass
+def batch_group(group: Group, members: list[Rollout]) -> dict[str, Any]:
+    """A trained group as the batch carries it to the trainers (docs/protocol.md): flat per-token lists."""
+    return {
+        "promptIndex": group.prompt_index,
+        "answer": group.answer,
+        "promptIds": members[0].prompt_ids,
+        "rollouts": [
+            {
+                "outputIds": r.output_ids,
+                "logprobs": r.logprobs,
+                "versions": r.versions,
+                "reward": r.reward,
+                "scores": r.scores,
+                "finishReason": r.finish_reason,
+            }
+            for r in members
+        ],
+    }
+
+
+_DERIVED = ("pieces", "length", "lease", "age")
+"""Rollout fields a checkpoint does not keep (`age`: written by versions before Group.born, read by restore)."""
+
+
+@dataclass(slots=True)
 class Group:
     """The G samples of one prompt; it enters the training pool only when all are finished and rewarded."""
 
@@ -134,6 +148,11 @@ class Group:
     rollouts: list[int]
     requeued: bool = False
     """This group re-runs a prompt whose first group was purged (a second purge drops the prompt)."""
+    born: int = 0
+    """The scheduler's publish count when the group was admitted: an unfinished rollout's age (policy updates it
+    has lived through unfinished, the C3PO++ retention period) is the publishes since, as all G start together."""
+    first_version: int | None = None
+    """The policy version of the group's oldest token (None before its first chunk)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,9 +162,13 @@ class Group:
         return cls(**data)
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass costs 4x to build, and the scheduler builds one per chunk
-class ChunkRequest:
-    """What a rollout worker is asked to generate: up to `max_tokens` more tokens of one rollout."""
+class ChunkRequest(NamedTuple):
+    """A lease: up to `max_tokens` more tokens of one rollout, asked of the rollout worker `worker`.
+
+    A named tuple, not a dataclass: the scheduler builds one per chunk, thousands a second at cluster scale, and a
+    tuple is built in half the time (Scheduler.lease builds it with tuple.__new__, skipping even the argument
+    parsing of the generated constructor).
+    """
 
     lease_id: str
     rollout_id: int
@@ -159,6 +182,7 @@ class ChunkRequest:
     max_tokens: int
     version: int
     seed: int
+    worker: str
 
     @property
     def output_ids(self) -> list[int]:
@@ -193,14 +217,6 @@ class SchedulerConfig:
 
 
 @dataclass
-class WorkerState:
-    """What the scheduler knows of one rollout worker."""
-
-    tokens_per_second: float | None = None
-    draining: bool = False
-
-
-@dataclass
 class Counters:
     """Monotonic event counts, exported as metrics."""
 
@@ -225,33 +241,3 @@ class Batch:
     @property
     def tokens(self) -> int:
         return sum(len(r["outputIds"]) for g in self.groups for r in g["rollouts"])
-
-
-@dataclass
-class WorkerRates:
-    """Sums over the workers that are not draining, kept as they change: a share of Omega costs O(1)."""
-
-    active: int = 0
-    measured: int = 0
-    measured_sum: float = 0.0
-
-    def forget(self, state: WorkerState) -> None:
-        """`state` stops counting (it drains, goes, or its rate is about to change: then `add` follows)."""
-        if state.draining:
-            return
-        self.active -= 1
-        if state.tokens_per_second:
-            self.measured -= 1
-            self.measured_sum -= state.tokens_per_second
-
-    def add(self, state: WorkerState) -> None:
-        if state.draining:
-            return
-        self.active += 1
-        if state.tokens_per_second:
-            self.measured += 1
-            self.measured_sum += state.tokens_per_second
-
-
-def ewma(old: float | None, new: float, weight: float = 0.3) -> float:
-    return new if old is None else (1 - weight) * old + weight * new

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,8 @@ class FSDP2(Strategy):
             else init_device_mesh(device_type, (options.world // group, group), mesh_dim_names=("replicate", "shard"))
         )
 
-    def master_dtype(self) -> torch.dtype:
-        return torch.float32
+    def compute(self) -> AbstractContextManager[object]:
+        return nullcontext()  # MixedPrecisionPolicy casts the gathered parameters to the compute dtype
 
     def prepare(self, model: nn.Module, trainable: bool = True) -> nn.Module:
         mixed = trainable and self.options.compute_dtype != torch.float32

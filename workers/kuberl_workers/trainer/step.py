@@ -155,10 +155,12 @@ def train_step(
                     t = m.tensors
                     if updates > 1:
                         model.eval()
-                        m.old = completion_logprobs(model, t["ids"], t["mask"], temperature)
+                        with strategy.compute():
+                            m.old = completion_logprobs(model, t["ids"], t["mask"], temperature)
                     if use_ref:
                         assert reference is not None
-                        m.ref = completion_logprobs(reference, t["ids"], t["mask"], temperature)
+                        with strategy.compute():
+                            m.ref = completion_logprobs(reference, t["ids"], t["mask"], temperature)
                     if progress:
                         progress()
     model.train()
@@ -171,7 +173,8 @@ def train_step(
             stats = LossStats()
             for m in micros:
                 t = m.tensors
-                logp = completion_logprobs(model, t["ids"], t["mask"], temperature, spreads if epoch == 0 else None)
+                with strategy.compute():  # backward runs outside autocast, as torch.amp prescribes
+                    logp = completion_logprobs(model, t["ids"], t["mask"], temperature, spreads if epoch == 0 else None)
                 loss, s = icepop_grpo_loss(
                     logp,
                     m.old if m.old is not None else logp.detach(),

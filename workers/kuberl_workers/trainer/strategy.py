@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -39,8 +40,21 @@ class Strategy:
         self.rank, self.world = options.rank, options.world
 
     def master_dtype(self) -> torch.dtype:
-        """The dtype to load the trained model's parameters in (the optimizer updates these)."""
-        return self.options.compute_dtype
+        """The dtype to load the trained model's parameters in (the optimizer updates these): float32, whatever the
+        compute dtype. In bfloat16 a parameter keeps 8 significant bits, so an update below 1/256 of its magnitude
+        (most of them at RL learning rates) would round away, and AdamW's moments would lose as much.
+        """
+        return torch.float32
+
+    def compute(self) -> AbstractContextManager[object]:
+        """The context forward passes run in: autocast to the compute dtype over float32 masters (ddp; matmuls in
+        bfloat16, softmax and norms in float32, as torch.amp does). Nothing for a float32 model. fsdp2 casts the
+        parameters itself (MixedPrecisionPolicy) and needs no autocast. float16 runs without loss scaling.
+        """
+        dtype = self.options.compute_dtype
+        if dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device_type=self.options.device.type, dtype=dtype)
 
     def prepare(self, model: nn.Module, trainable: bool = True) -> nn.Module:
         """Place the model for training (`trainable`) or as the frozen KL reference; returns the module to call."""
@@ -78,11 +92,14 @@ class Strategy:
         self, directory: Path, version: int, model: nn.Module, keep: int, source: Path | None
     ) -> tuple[Path, int] | None:
         """*Collective*: write policy `version` for the rollout engines (trainer/weights.py `publish_weights`) from
-        rank 0; (its directory, bytes of tensors) on rank 0, None elsewhere.
+        rank 0, in the compute dtype (what the engines run; half the bytes of the float32 masters in bfloat16);
+        (its directory, bytes of tensors) on rank 0, None elsewhere.
         """
         from kuberl_workers.trainer.weights import publish_weights
 
-        return publish_weights(directory, version, model, keep, source) if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        return publish_weights(directory, version, model, keep, source, dtype=self.options.compute_dtype)
 
     def save_checkpoint(
         self, directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int

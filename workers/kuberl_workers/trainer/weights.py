@@ -80,10 +80,11 @@ def load_checkpoint(
     return 0
 
 
-def publishable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def publishable_state(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The state dict with each tensor once: a parameter tied to an earlier one (the output head tied to the input
     embeddings) is left out, as `save_pretrained` does, and the loader (Hugging Face or vLLM) ties it again from
     the config's `tie_word_embeddings`. safetensors refuses tensors that share memory, so this is required.
+    Floating-point tensors are cast to `dtype` when given (the compute dtype, over float32 masters).
     """
     seen: set[tuple[int, int]] = set()
     state: dict[str, torch.Tensor] = {}
@@ -92,6 +93,8 @@ def publishable_state(model: nn.Module) -> dict[str, torch.Tensor]:
         if key in seen:
             continue
         seen.add(key)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.detach().to(dtype)
         state[name] = tensor.detach().contiguous().cpu()
     return state
 
@@ -170,13 +173,15 @@ def publish_weights(
     keep: int = 3,
     source: Path | None = None,
     write: Callable[[Path], int] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Path, int]:
     """Write the policy for the rollout engines: `weights-<version>/` with `model.safetensors` and the model's
     `config.json` (a directory `from_pretrained` loads, tied weights tied again), plus the tokenizer and generation
     files of `source` (COMPANION_FILES; the model's own generation config where `source` has none), renamed into
     place atomically; the newest `keep` versions are kept. Returns (directory, bytes of tensors). `write(file)`
     writes the tensors and returns their bytes when the caller streams them (a sharded model's gathered
-    parameters, trainer/fsdp2.py); by default the model's own `publishable_state` is saved.
+    parameters, trainer/fsdp2.py); by default the model's own `publishable_state` is saved, its floating-point
+    tensors in `dtype` when given.
     """
     from safetensors.torch import save_file
 
@@ -185,7 +190,7 @@ def publish_weights(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     if write is None:
-        state = publishable_state(model)
+        state = publishable_state(model, dtype)
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
         size = sum(v.numel() * v.element_size() for v in state.values())
         del state
