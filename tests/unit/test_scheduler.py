@@ -357,32 +357,30 @@ def test_a_leased_chunk_keeps_its_context_while_the_rollout_grows() -> None:
     assert first.output_ids == [] and sched.rollouts[first.rollout_id].output_ids == [5] * 6
 
 
-def test_a_checkpoint_written_before_group_ages_restores_to_the_same_future() -> None:
-    """Checkpoints of earlier versions keep an age per rollout and no Group.born: restore derives the groups'
-    ages from them, and the restored scheduler purges and trains exactly as one restored from the current form."""
+def test_the_checkpoint_keeps_the_form_earlier_versions_read_and_restores_the_groups_ages() -> None:
+    """Ages live per group now (Group.born), but the checkpoint keeps each rollout's age and no new group field, the
+    form earlier versions write and read (a controller image rolled back mid-job restores it): restore derives the
+    groups' ages from it, and the restored scheduler purges and trains as the original goes on to."""
     cfg = config(retention=1, token_budget=30, pool_capacity=24)
     sched = Scheduler(cfg, source)
     drive(sched, LENGTHS, steps=3)
     for chunk in sched.lease("w0", 7, 50.0):  # partial rollouts of different ages in flight
         sched.complete("w0", chunk.lease_id, [0], [-1.0], None, chunk.version)
     state = json.loads(json.dumps(sched.state()))
-    assert any(sched.publishes - g.born >= 1 for g in sched.groups.values() if sched.index.unfinished_in(g.id))
-    old = json.loads(json.dumps(state))
-    by_id = {g["id"]: g for g in old["groups"]}
-    for rollout in old["rollouts"]:
-        group = by_id[rollout["group"]]
-        rollout["age"] = state["publishes"] - group["born"] if rollout["finish_reason"] is None else 0
-    for group in old["groups"]:
-        del group["born"], group["first_version"]
-    del old["publishes"]
-    current, earlier = Scheduler.restore(cfg, source, state), Scheduler.restore(cfg, source, old)
-    earlier.check_indexes()
-    for group in current.groups.values():  # the age of a group with rollouts in flight is what purges it
-        if current.index.unfinished_in(group.id):
-            assert earlier.publishes - earlier.groups[group.id].born == current.publishes - group.born
-    future_a, future_b = drive(current, LENGTHS, steps=4), drive(earlier, LENGTHS, steps=4)
+    assert {key for g in state["groups"] for key in g} == {"id", "prompt_index", "answer", "rollouts", "requeued"}
+    assert all("age" in r for r in state["rollouts"])
+    in_flight = [g for g in sched.groups.values() if sched.index.unfinished_in(g.id)]
+    assert any(sched.publishes - g.born >= 1 for g in in_flight)
+    restored = Scheduler.restore(cfg, source, state)
+    restored.check_indexes()
+    for group in in_flight:  # the age of a group with rollouts in flight is what purges it
+        assert restored.publishes - restored.groups[group.id].born == sched.publishes - group.born
+    for chunk in [r.lease for r in sched.rollouts.values() if r.lease is not None]:
+        sched.release(chunk.worker, chunk.lease_id)  # the restored pool holds no leases either
+    sched.forget_workers()
+    future_a, future_b = drive(sched, LENGTHS, steps=4), drive(restored, LENGTHS, steps=4)
     assert [b.groups for b in future_a.batches] == [b.groups for b in future_b.batches]
-    assert current.counters == earlier.counters and current.counters.rollouts_purged > 0
+    assert sched.counters == restored.counters and sched.counters.rollouts_purged > 0
 
 
 def test_the_lease_deadline_heap_stays_bounded_by_the_live_leases() -> None:
@@ -399,3 +397,10 @@ def test_the_lease_deadline_heap_stays_bounded_by_the_live_leases() -> None:
     (held,) = sched.lease("w", 1, 6000.0)
     sched.check_indexes()
     assert sched.expire(6000.0 + 10**6) == 1 and sched.rollouts[held.rollout_id].lease is None
+    # an entry holds ids and a lease number, no chunk: ended leases keep no tokens alive, and a caller that
+    # consumes the list lease() returned does not take its leases out of expiry
+    assert all(isinstance(i, int) for _, _, ids, first in sched.index._deadlines for i in [*ids, first])
+    chunks = sched.lease("w", 4, 7000.0)
+    count = len(chunks)
+    chunks.clear()
+    assert count > 0 and sched.expire(7000.0 + 10**6) == count

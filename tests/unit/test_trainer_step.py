@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -269,3 +270,5 @@ def test_ddp_in_bfloat16_keeps_float32_masters_so_small_updates_are_not_rounded_
     assert published is not None
     dtypes = {t.dtype for t in load_file(str(published[0] / "model.safetensors")).values()}
     assert dtypes == {torch.bfloat16}, dtypes
+    assert json.loads((published[0] / "config.json").read_text())["dtype"] == "bfloat16"
+    assert masters.config.dtype == torch.float32  # the trained model's own config is left alone

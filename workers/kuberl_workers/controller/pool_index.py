@@ -8,8 +8,9 @@ tells this index every change; the index answers the questions the hot paths ask
   of one int per entry, chunks << ID_BITS | id, with lazy deletion: a popped entry counts only if it is still the
   rollout's current key; ints compare several times faster than tuples, and a lease takes its k chunks in one call);
 - the leases a worker holds (a set per worker), and the leases past their deadline (a heap with one entry per lease
-  call, whose chunks share a deadline; an entry's chunks are checked against their rollouts' current leases when it
-  falls due, and the heap is compacted when stale entries outnumber the live leases);
+  call, whose chunks share a deadline: its rollout ids and first lease number, no tokens; each is checked against
+  its rollout's current lease when the entry falls due, and the heap is compacted when stale entries outnumber the
+  live leases);
 - how many rollouts are in flight, whether some group has all its rollouts finished, and whether all are rewarded
   (counts per group).
 
@@ -20,9 +21,9 @@ A completion is one call (`accepted` or `finished`), as it runs thousands of tim
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from kuberl_workers.controller.state import ChunkRequest, Group, Rollout
+from kuberl_workers.controller.state import Group, Rollout
 
 ID_BITS = 40
 """Rollout ids below 2**40 (a trillion) share a heap entry with their chunk count."""
@@ -34,7 +35,8 @@ class PoolIndex:
         self._todo_heap: list[int] = []
         self._todo: dict[int, int] = {}  # rollout id -> its key in the heap, while it waits for a lease
         self.held: dict[str, set[int]] = {}  # worker -> ids of the rollouts it holds a lease on (may be empty)
-        self._deadlines: list[tuple[float, int, list[ChunkRequest]]] = []  # (deadline, call number, its chunks)
+        # (deadline, call number, its rollout ids, the lease number of the first): lease i is "<id>-<first + i>"
+        self._deadlines: list[tuple[float, int, list[int], int]] = []
         self._calls = 0
         self.unfinished = 0  # rollouts in flight (P)
         self._left: dict[int, int] = {}  # group id -> its rollouts not finished yet
@@ -89,14 +91,16 @@ class PoolIndex:
 
     # --- leases ---------------------------------------------------------------------------------------------
 
-    def leased(self, worker: str, rollout_ids: list[int], chunks: list[ChunkRequest], deadline: float) -> None:
-        """`worker` holds these leases now, one per rollout, until `deadline`."""
+    def leased(self, worker: str, rollout_ids: list[int], first: int, deadline: float) -> None:
+        """`worker` holds these leases now, one per rollout, until `deadline`; their lease numbers run from `first`
+        (lease ids "<rollout id>-<number>", Scheduler.lease). `rollout_ids` is kept: the caller must not change it.
+        """
         held = self.held.get(worker)
         if held is None:
             held = self.held[worker] = set()
         held.update(rollout_ids)
         self._calls += 1
-        heapq.heappush(self._deadlines, (deadline, self._calls, chunks))
+        heapq.heappush(self._deadlines, (deadline, self._calls, rollout_ids, first))
 
     def unleased(self, rollout_id: int, worker: str) -> None:
         held = self.held.get(worker)
@@ -120,20 +124,25 @@ class PoolIndex:
         """The ids of the rollouts `worker` holds leases on, no longer counted as its (it is gone)."""
         return self.held.pop(worker, set())
 
-    def due(self, now: float) -> Iterable[ChunkRequest]:
-        """Every leased chunk whose deadline is <= now, removed; the caller checks that it is still its rollout's
-        current lease.
+    @staticmethod
+    def _leases(entry: tuple[float, int, list[int], int]) -> Iterator[tuple[int, str]]:
+        _, _, rollout_ids, first = entry
+        return ((rollout_id, f"{rollout_id}-{first + i}") for i, rollout_id in enumerate(rollout_ids))
+
+    def due(self, now: float) -> Iterable[tuple[int, str]]:
+        """(rollout id, lease id) of every lease whose deadline is <= now, removed; the caller checks that it is
+        still its rollout's current lease.
         """
         while self._deadlines and self._deadlines[0][0] <= now:
-            yield from heapq.heappop(self._deadlines)[2]
+            yield from self._leases(heapq.heappop(self._deadlines))
 
-    def compact_deadlines(self, current: Callable[[ChunkRequest], bool]) -> None:
-        """Drop the entries whose leases have all ended (`current(chunk)` is False), once there are more entries
-        than twice the live leases: a completed lease leaves its entry behind until its deadline, and hundreds of
-        lease calls a second within a lease period would otherwise pile up.
+    def compact_deadlines(self, current: Callable[[int, str], bool]) -> None:
+        """Drop the entries whose leases have all ended (`current(rollout id, lease id)` is False), once there are
+        more entries than twice the live leases: a completed lease leaves its entry behind until its deadline, and
+        hundreds of lease calls a second within a lease period would otherwise pile up.
         """
         if len(self._deadlines) > 4096 and len(self._deadlines) > 2 * sum(len(h) for h in self.held.values()):
-            self._deadlines = [e for e in self._deadlines if any(current(chunk) for chunk in e[2])]
+            self._deadlines = [e for e in self._deadlines if any(current(*lease) for lease in self._leases(e))]
             heapq.heapify(self._deadlines)
 
     # --- groups and rollouts ----------------------------------------------------------------------------------
@@ -185,10 +194,10 @@ class PoolIndex:
         held = {worker: ids for worker, ids in self.held.items() if ids}
         assert held == holders, (held, holders)
         live = {
-            chunk.rollout_id
-            for _, _, chunks in self._deadlines
-            for chunk in chunks
-            if (owner := rollouts.get(chunk.rollout_id)) is not None and owner.lease is chunk
+            rollout_id
+            for entry in self._deadlines
+            for rollout_id, lease_id in self._leases(entry)
+            if (owner := rollouts.get(rollout_id)) is not None and owner.lease and owner.lease.lease_id == lease_id
         }
         assert live == {i for ids in holders.values() for i in ids}, "a lease without a deadline entry"
         unrewarded = {g.id: sum(1 for i in g.rollouts if rollouts[i].reward is None) for g in groups.values()}

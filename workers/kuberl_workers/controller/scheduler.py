@@ -179,7 +179,7 @@ class Scheduler:
             )
             out.append(chunk)
         self.lease_seq = seq
-        index.leased(worker, taken, out, now + cfg.lease_seconds)
+        index.leased(worker, taken, self.lease_seq - len(taken) + 1, now + cfg.lease_seconds)
         return out
 
     def _find_lease(self, lease_id: str, worker: str) -> Rollout | None:
@@ -323,18 +323,18 @@ class Scheduler:
     def expire(self, now: float) -> int:
         """Leases past their deadline return to the queue (a stalled worker's late result is then refused)."""
         expired = 0
-        for chunk in list(self.index.due(now)):
-            if self._current(chunk):
-                self._requeue(self.rollouts[chunk.rollout_id])
+        for rollout_id, lease_id in list(self.index.due(now)):
+            if self._current(rollout_id, lease_id):
+                self._requeue(self.rollouts[rollout_id])
                 expired += 1
         self.counters.leases_requeued += expired
         self.index.compact_deadlines(self._current)
         return expired
 
-    def _current(self, chunk: ChunkRequest) -> bool:
-        """`chunk` is still the current lease of its rollout."""
-        rollout = self.rollouts.get(chunk.rollout_id)
-        return rollout is not None and rollout.lease is chunk
+    def _current(self, rollout_id: int, lease_id: str) -> bool:
+        """`lease_id` is still the current lease of rollout `rollout_id`."""
+        rollout = self.rollouts.get(rollout_id)
+        return rollout is not None and rollout.lease is not None and rollout.lease.lease_id == lease_id
 
     def record_throughput(self, worker: str, tokens: int, seconds: float) -> None:
         self.shares.record(worker, tokens, seconds)

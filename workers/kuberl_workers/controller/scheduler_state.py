@@ -2,7 +2,8 @@
 
 JSON-ready: flat per-token lists per rollout, groups, the training and requeue logs, counters and the automatic
 retention's window. Leases are not kept: a restored pool holds none, and their chunks wait for a lease again.
-Earlier versions' checkpoints are read too: before Group.born, each rollout kept its own age.
+The form is the one earlier versions write and read (a controller image can be rolled back mid-job): each rollout
+keeps its age, from which restore derives its group's Group.born; Group.first_version is recomputed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 def write(s: Scheduler) -> dict[str, Any]:
     """Everything needed to continue with the same data."""
     return {
-        "rollouts": [r.to_json() for r in s.rollouts.values()],
+        "rollouts": [_rollout(s, r) for r in s.rollouts.values()],
         "groups": [g.to_json() for g in s.groups.values()],
         "ready": s.ready,
         "requeue": list(s.requeue),
@@ -43,16 +44,23 @@ def write(s: Scheduler) -> dict[str, Any]:
     }
 
 
+def _rollout(s: Scheduler, rollout: Rollout) -> dict[str, Any]:
+    out = rollout.to_json()
+    # publishes lived through unfinished; a finished rollout's age no longer matters (nor did it before)
+    out["age"] = 0 if rollout.finished else s.publishes - s.groups[rollout.group].born
+    return out
+
+
 def read(s: Scheduler, state: dict[str, Any]) -> None:
     """Fill `s` (config, source, workers and automatic retention already set) from `state`."""
     s.rollouts = {r["id"]: Rollout.from_json(r) for r in state["rollouts"]}
     s.groups = {g["id"]: Group.from_json(g) for g in state["groups"]}
     s.publishes = int(state.get("publishes", 0))
-    ages = {r["id"]: int(r.get("age", 0)) for r in state["rollouts"]}  # checkpoints before Group.born
-    for data, group in zip(state["groups"], s.groups.values(), strict=True):
+    ages = {r["id"]: int(r.get("age", 0)) for r in state["rollouts"]}
+    for group in s.groups.values():
         members = [s.rollouts[i] for i in group.rollouts]
-        if "born" not in data:  # its rollouts in flight were admitted together: their age is the group's
-            group.born = s.publishes - max((ages[r.id] for r in members if not r.finished), default=0)
+        # its rollouts in flight were admitted together: their age is the group's
+        group.born = s.publishes - max((ages[r.id] for r in members if not r.finished), default=0)
         versions = [r.first_version for r in members if r.first_version is not None]
         group.first_version = min(versions, default=None)
     s.ready = list(state["ready"])

@@ -135,7 +135,7 @@ def batch_group(group: Group, members: list[Rollout]) -> dict[str, Any]:
 
 
 _DERIVED = ("pieces", "length", "lease", "age")
-"""Rollout fields a checkpoint does not keep (`age`: written by versions before Group.born, read by restore)."""
+"""Rollout fields not kept as they are (`age`: the checkpoint's, from which restore derives Group.born)."""
 
 
 @dataclass(slots=True)
@@ -155,7 +155,8 @@ class Group:
     """The policy version of the group's oldest token (None before its first chunk)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The checkpoint form, without `born` and `first_version` (controller/scheduler_state.py)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("born", "first_version")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Group:

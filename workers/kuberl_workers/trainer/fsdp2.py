@@ -163,6 +163,7 @@ class FSDP2(Strategy):
                 keep,
                 source,
                 write=functools.partial(write_safetensors_stream, specs=specs, tensors=gathered),
+                dtype=self.options.compute_dtype,
             )
         except BaseException:
             for _ in gathered:  # finish the gathers the other ranks wait in, then fail (a full disk, say)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import shutil
@@ -181,7 +182,7 @@ def publish_weights(
     place atomically; the newest `keep` versions are kept. Returns (directory, bytes of tensors). `write(file)`
     writes the tensors and returns their bytes when the caller streams them (a sharded model's gathered
     parameters, trainer/fsdp2.py); by default the model's own `publishable_state` is saved, its floating-point
-    tensors in `dtype` when given.
+    tensors in `dtype` when given. With `dtype` the saved config names it (the tensors' dtype, not the masters').
     """
     from safetensors.torch import save_file
 
@@ -198,6 +199,9 @@ def publish_weights(
         size = write(staging / "model.safetensors")
     config: Any = getattr(unwrap(model), "config", None)
     if config is not None:
+        if dtype is not None:  # the file's dtype, not the float32 masters': what `from_pretrained(dtype="auto")` reads
+            config = copy.deepcopy(config)
+            config.dtype = dtype
         config.save_pretrained(str(staging))
     for name in COMPANION_FILES:
         if source is not None and (source / name).is_file():
