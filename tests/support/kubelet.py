@@ -202,7 +202,9 @@ class TestKubelet:
         env = {**os.environ}
         for item in main.get("env") or []:
             value = await self._env_value(kube, pod, ip, item)
-            env[item["name"]] = await self._resolve(kube, _rewrite(value, mounts))
+            if not _in_repository(value):  # a test's own files (PYTHONPATH) are host paths, even under /tmp
+                value = _rewrite(value, mounts)
+            env[item["name"]] = await self._resolve(kube, value)
         # the kubelet expands `$(VAR)` in command and args from the container's env (unknown ones stay as they are)
         words = [VARIABLE.sub(lambda m: env.get(m[1], m[0]), w) for w in main["command"] + main.get("args", [])]
         command = [sys.executable if part == "python" else part for part in words]
@@ -377,6 +379,16 @@ class TestKubelet:
             except subprocess.TimeoutExpired:
                 os.killpg(container.process.pid, signal.SIGKILL)
                 container.process.wait(10)
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def _in_repository(value: str) -> bool:
+    """`value` is one or more absolute host paths (os.pathsep-separated) inside this checkout: the test points a
+    pod at its own files. A checkout under /tmp would otherwise have them rewritten into the pod's /tmp mount."""
+    parts = [part for part in value.split(os.pathsep) if part]
+    return bool(parts) and all(os.path.isabs(p) and Path(p).resolve().is_relative_to(REPOSITORY) for p in parts)
 
 
 def _rewrite(text: str, mounts: dict[str, str]) -> str:

@@ -18,8 +18,10 @@ The rules are in `shared/design/algorithms.md` and docs/architecture.md; in shor
   before the batch is handed out. A rollout whose chunk fails MAX_CHUNK_FAILURES times drops its group.
 
 Cost: a lease of k chunks, a completion, a release and an expiry are O(k log n) / O(log n) in the pool size n
-(controller/pool_index.py), and a worker's share of Omega O(1); only a publish (once a step) scans the pool.
-`workers` is read-only outside this class (the shares are kept incrementally).
+(controller/pool_index.py), and a worker's share of Omega O(1) (controller/shares.py); only a publish (once a
+step) scans the pool's groups (controller/retention.py purge_candidates) and the step's close its trained ones.
+`workers` is read-only outside this class (the shares are kept incrementally). Checkpoints:
+controller/scheduler_state.py.
 """
 
 from __future__ import annotations
