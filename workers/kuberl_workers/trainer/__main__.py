@@ -166,10 +166,21 @@ def main() -> int:
         log.error("the checkpoint of step %d could not be loaded", step)
         return 1
     log.info("rank %d/%d resumes at step %d (%s)", rank, world, step, strategy.name)
+    def weights_uri(path: Path, version: int) -> str:
+        return f"file://{path}" if cfg.checkpoint.shared else f"http://{host}:{cfg.ports.trainer}/weights/{version}"
+
     if step > 0:
         # rollout engines may be told to load this version again (after a controller restart): make sure the
         # files exist even if they were pruned since
-        strategy.publish(ckpt_dir, step, model, cfg.checkpoint.keep + 1, Path(directory))  # collective
+        resumed = strategy.publish(ckpt_dir, step, model, cfg.checkpoint.keep + 1, Path(directory))  # collective
+        if resumed is not None:  # rank 0: the gang that saved this checkpoint may have died before it announced
+            # the version, and the controller would wait for it while we wait for its next batch. Announcing it
+            # again is a no-op ("replayed") where the controller has it already.
+            controller.call(
+                "POST",
+                "/v1/trainer/published",
+                {"version": step, "weightsUri": weights_uri(resumed[0], step), "checkpoint": True, "trainSeconds": 0.0},
+            )
 
     beats = Heartbeats(controller, worker, cfg.fault.heartbeatSeconds, stall_seconds=cfg.fault.leaseSeconds)
     beats.start()
@@ -227,7 +238,7 @@ def main() -> int:
             path, size = published
             publish_seconds.observe(time.perf_counter() - began)
             gauges["weight_publish_bytes"].set(size)
-            uri = f"file://{path}" if cfg.checkpoint.shared else f"http://{host}:{cfg.ports.trainer}/weights/{version}"
+            uri = weights_uri(path, version)
             controller.call(
                 "POST",
                 "/v1/trainer/published",
