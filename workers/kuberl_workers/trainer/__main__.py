@@ -166,6 +166,7 @@ def main() -> int:
         log.error("the checkpoint of step %d could not be loaded", step)
         return 1
     log.info("rank %d/%d resumes at step %d (%s)", rank, world, step, strategy.name)
+
     def weights_uri(path: Path, version: int) -> str:
         return f"file://{path}" if cfg.checkpoint.shared else f"http://{host}:{cfg.ports.trainer}/weights/{version}"
 
