@@ -212,15 +212,12 @@ class Scheduler:
         Returns the rollout, which has finished when `finish_reason` is set (the caller computes its reward).
         Raises ValueError, changing nothing, for a result the lease did not ask for.
         """
-        try:  # _find_lease, inlined: this runs once per chunk
-            rollout = self.rollouts.get(int(lease_id[: lease_id.index("-")]))
-        except ValueError:
-            rollout = None
-        chunk = rollout.lease if rollout is not None else None
-        if chunk is None or chunk.lease_id != lease_id or chunk.worker != worker:
+        rollout = self._find_lease(lease_id, worker)
+        if rollout is None:
             self.counters.leases_rejected += 1
             return None
-        assert rollout is not None
+        chunk = rollout.lease
+        assert chunk is not None
         cfg, count, pieces = self.cfg, len(new_ids), rollout.pieces
         length = rollout.length + count
         if count != len(logprobs) or count > chunk.max_tokens:
