@@ -6,11 +6,14 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from kuberl_workers import batch_codec
 from kuberl_workers.config import Limits
 from kuberl_workers.controller.http import make_app
 from kuberl_workers.controller.rewards import RewardFn, numeric
@@ -82,6 +85,11 @@ async def test_step_loop_over_http(client: Client, tmp_path: Path) -> None:
     group = batch["groups"][0]
     assert group["rollouts"][0]["outputIds"] == [52, 50] and group["rollouts"][0]["versions"] == [0, 0]
     assert {r["reward"] for g in batch["groups"] for r in g["rollouts"]} <= {0.0, 1.0}
+    # the trainer's form: the same batch with binary per-token arrays (the test worker's logprobs are float32 values)
+    binary = await (await client.get("/v1/trainer/batch?step=0&encoding=binary", headers=AUTH)).json()
+    assert binary["encoding"] == "binary" and batch_codec.decode(binary) == batch
+    wrong = await client.get("/v1/trainer/batch?step=0&encoding=xml", headers=AUTH)
+    assert wrong.status == 400 and "encoding" in (await wrong.json())["error"]
     samples = await (await client.get("/v1/samples?since=1", headers=AUTH)).json()
     assert samples and samples[0]["step"] == 1 and samples[0]["completion"] == "42"
     assert {"prompt", "answer", "reward", "finishReason", "versions", "completionTokens"} <= set(samples[0])
@@ -239,3 +247,23 @@ async def test_one_invalid_result_costs_only_its_chunk(client: Client) -> None:
     assert (await failed.json())["released"] == [poison["leaseId"]]
     metrics = await (await client.get("/metrics")).text()
     assert re.search(r"^kuberl_chunks_failed_total\{[^}]*\} 2\.0$", metrics, re.M), metrics
+
+
+async def test_a_batch_is_encoded_once_for_the_whole_gang(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every trainer rank fetches the whole batch; encoding it is the controller's largest cost per step at scale."""
+    calls: list[str] = []
+    encode = batch_codec.encode
+
+    def counting(step: int, groups: list[dict[str, Any]], encoding: str) -> bytes:
+        calls.append(encoding)
+        return encode(step, groups, encoding)
+
+    monkeypatch.setattr(batch_codec, "encode", counting)
+    await client.post("/v1/workers/register", json={"worker": "r0", "role": "rollout"}, headers=AUTH)
+    await generate_step(client)  # it fetches the batch (JSON) to see the step closed
+    assert calls == ["json"]
+    calls.clear()
+    bodies = [await (await client.get("/v1/trainer/batch?step=0&encoding=binary", headers=AUTH)).read() for _ in "abcd"]
+    assert len(set(bodies)) == 1 and calls == ["binary"]
+    json_bodies = [await (await client.get("/v1/trainer/batch?step=0", headers=AUTH)).read() for _ in "ab"]
+    assert calls == ["binary"] and json_bodies[0] == json_bodies[1] != bodies[0]  # the JSON one was kept too

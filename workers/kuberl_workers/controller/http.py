@@ -13,11 +13,40 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kuberl_workers import batch_codec
+from kuberl_workers.controller.scheduler import Batch
 from kuberl_workers.controller.service import Controller
 
 log = logging.getLogger(__name__)
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
 TICK_SECONDS = 0.2
+
+
+class BatchBodies:
+    """The encoded bodies of the batches served last: every rank of the trainer gang fetches the same batch, and
+    encoding it is the controller's largest cost per step at scale (batch_codec.py), so it is done once per batch
+    and encoding. A batch is never changed once closed; a restored controller serves new Batch objects, which miss.
+    """
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[int, str], tuple[Batch, bytes]] = {}
+
+    def body(self, batch: Batch, encoding: str) -> bytes:
+        key = (batch.step, encoding)
+        cached = self._bodies.get(key)
+        if cached is not None and cached[0] is batch:
+            return cached[1]
+        body = batch_codec.encode(batch.step, batch.groups, encoding)
+        self._bodies.pop(key, None)
+        self._bodies[key] = (batch, body)
+        while len(self._bodies) > self.KEEP:
+            del self._bodies[next(iter(self._bodies))]
+        return body
+
+
+BATCH_BODIES: web.AppKey[BatchBodies] = web.AppKey("batch_bodies", BatchBodies)
 
 WorkerName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
@@ -210,6 +239,9 @@ async def batch(request: web.Request) -> web.Response:
     raw = request.query.get("step", "")
     if not (raw.isascii() and raw.isdigit()):
         return _error(400, "query parameter step: expected a non-negative integer")
+    encoding = request.query.get("encoding", "json")
+    if encoding not in batch_codec.ENCODINGS:
+        return _error(400, f"query parameter encoding: expected one of {', '.join(batch_codec.ENCODINGS)}")
     found = c.batch(int(raw))
     if found is None:
         if c.complete:
@@ -222,7 +254,7 @@ async def batch(request: web.Request) -> web.Response:
                 step=c.scheduler.step,
             )
         return web.Response(status=204)
-    return web.json_response({"step": found.step, "groups": found.groups})
+    return web.Response(body=request.app[BATCH_BODIES].body(found, encoding), content_type="application/json")
 
 
 async def published(request: web.Request) -> web.Response:
@@ -294,6 +326,7 @@ async def _ticker(app: web.Application) -> Any:
 def make_app(controller: Controller, token: str) -> web.Application:
     app = web.Application(client_max_size=controller.cfg.limits.maxRequestBytes, middlewares=[_auth_middleware(token)])
     app[CONTROLLER] = controller
+    app[BATCH_BODIES] = BatchBodies()
     app.cleanup_ctx.append(_ticker)
     app.router.add_post("/v1/workers/register", register)
     app.router.add_post("/v1/workers/heartbeat", heartbeat)
