@@ -55,3 +55,9 @@ def test_unknown_encodings_and_broken_arrays_are_refused_by_name() -> None:
     binary["groups"][0]["rollouts"][0]["logprobs"] = base64.b64encode(b"\0" * 6).decode()
     with pytest.raises(ValueError, match="logprobs: 6 bytes is not a whole number"):
         batch_codec.decode(binary)
+    binary["groups"][0]["rollouts"][0]["logprobs"] = [0.5]  # a JSON list where base64 belongs
+    with pytest.raises(ValueError, match="logprobs: expected a base64 string"):
+        batch_codec.decode(binary)
+    binary["groups"][0]["rollouts"][0]["logprobs"] = base64.b64encode(b"\0" * 4).decode()  # 1 item, 4 ids
+    with pytest.raises(ValueError, match="per-token arrays of different lengths"):
+        batch_codec.decode(binary)

@@ -1,13 +1,13 @@
 """A training batch on the wire (`GET /v1/trainer/batch`): per-token JSON lists, or the same arrays as base64 binary.
 
 At cluster scale the JSON form costs more than the step it serves: `json.dumps` writes each logprob's shortest
-repr, about 1.5 us a token on the benchmark machine (docs/benchmarks.md 1a: 223 ms for one 0.2 s step's batch at
+repr, about 1.5 us a token on the benchmark machine (docs/benchmarks.md 1a: 221 ms for one 0.2 s step's batch at
 256 replicas), and every trainer rank parses the whole document again. `encoding=binary` keeps the document's JSON
-shape but carries each rollout's per-token arrays as base64 of little-endian arrays (about 1/20 of that to write):
+shape but carries each rollout's per-token arrays as base64 of little-endian arrays (38 ms for that batch):
 
 - `outputIds`: int32 token ids (the API admits ids below 2**31);
 - `logprobs`: float32 (vLLM computes logprobs in float32, so its values travel exactly; a value the controller got
-  as a wider float is rounded to the nearest float32);
+  as a wider float is rounded to the nearest float32, as the trainer's own float32 tensors of them round it anyway);
 - `versions`: int32 policy version of each token.
 
 The document gains `"encoding": "binary"`; everything else (prompt ids, rewards, scores) stays JSON. `decode` turns
@@ -44,8 +44,8 @@ def encode(step: int, groups: list[dict[str, Any]], encoding: str) -> bytes:
 
 def decode(document: dict[str, Any]) -> dict[str, Any]:
     """A parsed batch document in either encoding, in the JSON form (per-token lists). A document without
-    `encoding` is JSON already and is returned as it is. Raises ValueError for an unknown encoding or an array
-    whose length is not a whole number of items.
+    `encoding` is JSON already and is returned as it is. Raises ValueError, naming the field, for an unknown
+    encoding, an array that is not base64 or not a whole number of items, or a rollout whose arrays differ in length.
     """
     encoding = document.get("encoding", "json")
     if encoding == "json":
@@ -69,7 +69,10 @@ def _pack(rollout: dict[str, Any]) -> dict[str, Any]:
 def _unpack(rollout: dict[str, Any]) -> dict[str, Any]:
     out = dict(rollout)
     for name, typecode in TOKEN_ARRAYS.items():
-        raw = base64.b64decode(rollout[name], validate=True)
+        try:
+            raw = base64.b64decode(rollout[name], validate=True)
+        except (KeyError, TypeError, ValueError) as error:  # binascii.Error is a ValueError
+            raise ValueError(f"{name}: expected a base64 string ({type(error).__name__}: {error})") from None
         if len(raw) % 4:
             raise ValueError(f"{name}: {len(raw)} bytes is not a whole number of 4-byte items")
         values = array(typecode)
@@ -77,4 +80,7 @@ def _unpack(rollout: dict[str, Any]) -> dict[str, Any]:
         if sys.byteorder == "big":
             values.byteswap()
         out[name] = values.tolist()
+    lengths = {name: len(out[name]) for name in TOKEN_ARRAYS}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"per-token arrays of different lengths: {lengths}")
     return out
