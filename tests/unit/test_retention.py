@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -40,6 +41,23 @@ def test_sigma_falls_after_quiet_publishes_and_state_round_trips() -> None:
     for _ in range(2 * WINDOW):
         busy.choose(1000, lambda s: 10 if s < 4 else 0)
     assert busy.sigma == 4
+
+
+def test_choose_asks_about_no_sigma_below_one_under_its_own() -> None:
+    """The scheduler counts the tokens of only the groups a purge at max(1, sigma - 1) or above would discard."""
+    rng = random.Random(7)
+    auto = AutoRetention(max_share=0.05, max_sigma=8)
+    for _ in range(300):
+        lowest, asked = max(1, auto.sigma - 1), list[int]()
+        cut = rng.choice([0, 0, 1, 2, 3, 5, 9])
+        tokens = rng.choice([0, 10, 100, 1000])
+
+        def purged_at(sigma: int, asked: list[int] = asked, cut: int = cut, tokens: int = tokens) -> int:
+            asked.append(sigma)
+            return tokens if sigma < cut else 0
+
+        auto.choose(rng.choice([100, 1000, 5000]), purged_at)
+        assert asked and min(asked) >= lowest, (asked, lowest)
 
 
 def test_bad_bounds_are_refused() -> None:

@@ -38,7 +38,8 @@ class AutoRetention:
 
     def choose(self, generated: int, purged_at: Callable[[int], int]) -> int:
         """The sigma to purge with at this publish. `generated`: tokens generated since the last publish;
-        `purged_at(sigma)`: tokens a purge at `sigma` would discard (non-increasing in sigma).
+        `purged_at(sigma)`: tokens a purge at `sigma` would discard (non-increasing in sigma); it is asked about
+        max(1, self.sigma - 1) and up only (Scheduler.weights_published counts tokens from there).
         """
         earlier_generated = sum(g for g, _ in self.history)
         earlier_purged = sum(p for _, p in self.history)

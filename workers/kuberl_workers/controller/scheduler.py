@@ -416,10 +416,14 @@ class Scheduler:
             return
         self.awaiting_weights = False
         self.publishes += 1
-        lowest = 1 if self.auto_retention is not None else self.retention  # the smallest sigma it may purge with
+        # the smallest sigma whose purge is asked about: automatic retention asks about its current sigma and up, and
+        # one below it (AutoRetention.choose); groups at or below it need no token count (most of the pool)
+        auto = self.auto_retention
+        lowest = self.retention if auto is None else max(1, auto.sigma - 1)
         candidates = purge_candidates(self.groups, self.rollouts, self.index, self.publishes, version, lowest)
 
         def purged_at(sigma: int) -> int:
+            assert sigma >= lowest, (sigma, lowest)  # candidates hold only the groups past `lowest`
             return sum(tokens for _, key, tokens in candidates if key > sigma)
 
         generated = self.counters.tokens_generated - self.generated_at_publish
